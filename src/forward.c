@@ -1,0 +1,708 @@
+/* forward.c - the CPU forward pass for the hybrid/attention MoE decoders (see forward.h).
+ *
+ * Every step is written for a batch of T tokens: projections are matrix products over the
+ * batch, attention is causal over the KV cache, the Gated DeltaNet recurrence runs token by
+ * token per head, and the MoE groups the batch's tokens by expert so that each expert's bytes
+ * are fetched once per batch. All arithmetic is fp32 (weights are dequantized exactly).
+ */
+#include "forward.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "quant.h"
+
+#define MAX_MM_OPS 8
+
+struct ms_fwd {
+    const struct ms_model *m;
+    ms_store *store;
+    ms_pool *pool;
+    int n_ctx, n_batch, pos, nth;
+    /* per layer state */
+    float **k_cache, **v_cache;  /* attention layers: [n_ctx][n_head_kv * head_dim] */
+    float **conv_state;          /* GDN layers: [d_conv - 1][conv_dim] */
+    float **ssm_state;           /* GDN layers: [n_v_heads][d_v][d_k] */
+    /* scratch, sized for n_batch tokens */
+    float *x, *h, *a;            /* [T][n_embd] */
+    float *q, *k, *v, *att;      /* attention */
+    float *qkv, *z, *beta, *alpha, *gdn_o; /* Gated DeltaNet */
+    float *router;               /* [T][n_expert] */
+    int *sel;                    /* [T][n_expert_used] */
+    float *sel_w;                /* [T][n_expert_used] */
+    int *exp_fill;               /* [n_expert]: next free slot per compact expert */
+    int *exp_ids, *exp_first, *exp_count, *exp_index, *slot_tok; /* grouping by expert */
+    float *slot_w;
+    ms_expert_ref *refs;
+    float *act_g, *act_u;        /* [T * n_expert_used][n_ff_exp] */
+    float *sh_g, *sh_u, *sh_gate;/* shared expert */
+    float *moe;                  /* [T][n_embd] */
+    float *thread_buf;           /* [nth][thread_buf_len] */
+    size_t thread_buf_len;
+    float *logits;               /* [n_batch or 1][n_vocab] */
+    int n_logits;
+    ms_timing timing;
+};
+
+/* ------------------------------------------------------------------ small math */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float s = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * s * (w ? w[i] : 1.0f);
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* ------------------------------------------------------------------ matrix products */
+
+/* y[t][r] = W_r . x[t] for t < n_tok, r < n_out; x and y rows ldx / ldy floats apart. */
+typedef struct mm_op {
+    int type;
+    const uint8_t *w;
+    size_t row_bytes;
+    int64_t n_in, n_out;
+    const float *x;
+    int64_t ldx;
+    float *y;
+    int64_t ldy;
+    int n_tok;
+} mm_op;
+
+typedef struct mm_job {
+    ms_fwd *f;
+    const mm_op *ops;
+    int n_ops;
+    int64_t rows_per_chunk[MAX_MM_OPS];
+    int first_chunk[MAX_MM_OPS + 1];
+} mm_job;
+
+static void mm_rows(ms_fwd *f, const mm_op *op, int64_t r0, int64_t r1, int thread) {
+    if (op->n_tok == 1) {
+        quant_matvec(op->type, op->w, op->row_bytes, op->x, op->y, op->n_in, r0, r1);
+        return;
+    }
+    /* several tokens: dequantize each row once, then dot it with every token */
+    float *row = f->thread_buf + (size_t)thread * f->thread_buf_len;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = op->w + (size_t)r * op->row_bytes;
+        if (op->type == MS_TYPE_F32) {
+            for (int t = 0; t < op->n_tok; t++)
+                op->y[t * op->ldy + r] = quant_dot(MS_TYPE_F32, wr, op->x + t * op->ldx, op->n_in);
+        } else {
+            quant_dequant(op->type, wr, row, op->n_in);
+            for (int t = 0; t < op->n_tok; t++)
+                op->y[t * op->ldy + r] = quant_dot(MS_TYPE_F32, row, op->x + t * op->ldx, op->n_in);
+        }
+    }
+}
+
+static void mm_task(void *ctx, int i, int thread) {
+    mm_job *j = ctx;
+    int o = 0;
+    while (i >= j->first_chunk[o + 1]) o++;
+    const mm_op *op = &j->ops[o];
+    int64_t r0 = (int64_t)(i - j->first_chunk[o]) * j->rows_per_chunk[o];
+    int64_t r1 = MS_MIN(op->n_out, r0 + j->rows_per_chunk[o]);
+    mm_rows(j->f, op, r0, r1, thread);
+}
+
+/* Runs independent products in one parallel job (one wake-up of the pool for all of them). */
+static void mm_run(ms_fwd *f, const mm_op *ops, int n_ops) {
+    mm_job j = {f, ops, n_ops, {0}, {0}};
+    int chunks = 0;
+    for (int o = 0; o < n_ops; o++) {
+        int64_t want = (int64_t)f->nth * 4;
+        int64_t rpc = (ops[o].n_out + want - 1) / want;
+        if (rpc < 4) rpc = 4;
+        j.rows_per_chunk[o] = rpc;
+        j.first_chunk[o] = chunks;
+        chunks += (int)((ops[o].n_out + rpc - 1) / rpc);
+    }
+    j.first_chunk[n_ops] = chunks;
+    pool_run(f->pool, mm_task, &j, chunks);
+}
+
+static mm_op mm(const ms_mat *w, const float *x, int64_t ldx, float *y, int64_t ldy, int n_tok) {
+    return (mm_op){w->type, w->data, w->row_bytes, w->n_in, w->n_out, x, ldx, y, ldy, n_tok};
+}
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct attn_job {
+    ms_fwd *f;
+    const ms_layer *ly;
+    int il, T, pos0;
+} attn_job;
+
+static void rope_neox(float *v, int n_rot, int pos, float base) {
+    int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        double theta = pos * pow(base, -2.0 * i / n_rot);
+        float c = (float)cos(theta), s = (float)sin(theta);
+        float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = a * s + b * c;
+    }
+}
+
+/* item = (token, head): softmax(q.K / sqrt(d)) . V over positions 0..pos */
+static void attn_task(void *ctx, int i, int thread) {
+    attn_job *j = ctx;
+    ms_fwd *f = j->f;
+    const ms_hparams *hp = &f->m->hp;
+    int t = i / hp->n_head, hh = i % hp->n_head;
+    int hd = hp->head_dim, kvd = hp->n_head_kv * hd;
+    int kvh = hh / (hp->n_head / hp->n_head_kv);
+    int pos = j->pos0 + t;
+    const float *q = f->q + ((size_t)t * hp->n_head + hh) * hd;
+    const float *K = f->k_cache[j->il] + (size_t)kvh * hd;
+    const float *V = f->v_cache[j->il] + (size_t)kvh * hd;
+    float *sc = f->thread_buf + (size_t)thread * f->thread_buf_len;
+    float scale = 1.0f / sqrtf((float)hd), mx = -INFINITY;
+    for (int p = 0; p <= pos; p++) {
+        const float *kp = K + (size_t)p * kvd;
+        float s = 0;
+        for (int d = 0; d < hd; d++) s += q[d] * kp[d];
+        sc[p] = s * scale;
+        if (sc[p] > mx) mx = sc[p];
+    }
+    double sum = 0;
+    for (int p = 0; p <= pos; p++) {
+        sc[p] = expf(sc[p] - mx);
+        sum += sc[p];
+    }
+    float inv = (float)(1.0 / sum);
+    float *out = f->att + ((size_t)t * hp->n_head + hh) * hd;
+    memset(out, 0, sizeof(float) * hd);
+    for (int p = 0; p <= pos; p++) {
+        const float *vp = V + (size_t)p * kvd;
+        float w = sc[p] * inv;
+        for (int d = 0; d < hd; d++) out[d] += w * vp[d];
+    }
+    if (j->ly->attn_gated) {
+        /* the gate sits after each head's query in the q projection: [n_head][2][head_dim] */
+        const float *gate = f->a + ((size_t)t * hp->n_head + hh) * 2 * hd + hd;
+        for (int d = 0; d < hd; d++) out[d] *= sigmoid(gate[d]);
+    }
+}
+
+static void attention(ms_fwd *f, const ms_layer *ly, int il, int T) {
+    const ms_hparams *hp = &f->m->hp;
+    int hd = hp->head_dim, qd = hp->n_head * hd, kvd = hp->n_head_kv * hd;
+    int E = hp->n_embd;
+    /* the (gated) query projection goes to f->a, keys and values straight into the cache */
+    float *kc = f->k_cache[il] + (size_t)f->pos * kvd, *vc = f->v_cache[il] + (size_t)f->pos * kvd;
+    int qw = (int)ly->wq.n_out;
+    mm_op ops[3] = {mm(&ly->wq, f->h, E, f->a, qw, T), mm(&ly->wk, f->h, E, kc, kvd, T),
+                    mm(&ly->wv, f->h, E, vc, kvd, T)};
+    mm_run(f, ops, 3);
+    for (int t = 0; t < T; t++) {
+        for (int hh = 0; hh < hp->n_head; hh++) {
+            const float *src = f->a + (size_t)t * qw + (size_t)hh * hd * (ly->attn_gated ? 2 : 1);
+            float *q = f->q + ((size_t)t * hp->n_head + hh) * hd;
+            if (ly->q_norm) rmsnorm(q, src, ly->q_norm, hd, hp->norm_eps);
+            else memcpy(q, src, sizeof(float) * hd);
+            rope_neox(q, hp->n_rot, f->pos + t, hp->rope_base);
+        }
+        for (int hh = 0; hh < hp->n_head_kv; hh++) {
+            float *k = kc + (size_t)t * kvd + (size_t)hh * hd;
+            if (ly->k_norm) rmsnorm(k, k, ly->k_norm, hd, hp->norm_eps);
+            rope_neox(k, hp->n_rot, f->pos + t, hp->rope_base);
+        }
+    }
+    attn_job j = {f, ly, il, T, f->pos};
+    pool_run(f->pool, attn_task, &j, T * hp->n_head);
+    mm_op o = mm(&ly->wo, f->att, qd, f->h, E, T);
+    mm_run(f, &o, 1);
+}
+
+/* ------------------------------------------------------------------ Gated DeltaNet */
+
+typedef struct gdn_job {
+    ms_fwd *f;
+    const ms_layer *ly;
+    int il, T;
+} gdn_job;
+
+/* item = value head h: runs the delta rule over the batch's tokens in order. */
+static void gdn_task(void *ctx, int h, int thread) {
+    (void)thread;
+    gdn_job *j = ctx;
+    ms_fwd *f = j->f;
+    const ms_hparams *hp = &f->m->hp;
+    int dk = hp->d_k, dv = hp->d_v, nk = hp->n_k_heads, nv = hp->n_v_heads;
+    int kh = hp->gdn_interleave ? h / (nv / nk) : h % nk;
+    float *S = f->ssm_state[j->il] + (size_t)h * dv * dk; /* S[j][i]: row j = value dim */
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < j->T; t++) {
+        const float *conv = f->qkv + (size_t)t * hp->conv_dim;
+        const float *q = conv + (size_t)kh * dk;
+        const float *k = conv + (size_t)nk * dk + (size_t)kh * dk;
+        const float *v = conv + (size_t)2 * nk * dk + (size_t)h * dv;
+        float decay = expf(f->alpha[(size_t)t * nv + h]); /* alpha holds the gate g here */
+        float beta = f->beta[(size_t)t * nv + h];
+        float *o = f->gdn_o + (size_t)t * nv * dv + (size_t)h * dv;
+        for (int jj = 0; jj < dv; jj++) {
+            float *row = S + (size_t)jj * dk;
+            float kv = 0;
+            for (int i = 0; i < dk; i++) {
+                row[i] *= decay;
+                kv += row[i] * k[i];
+            }
+            float delta = (v[jj] - kv) * beta;
+            float out = 0;
+            for (int i = 0; i < dk; i++) {
+                row[i] += k[i] * delta;
+                out += row[i] * q[i];
+            }
+            o[jj] = out * scale;
+        }
+        /* gated RMS norm of the head's output: norm(o) * w * silu(z) */
+        const float *z = f->z + (size_t)t * nv * dv + (size_t)h * dv;
+        rmsnorm(o, o, j->ly->ssm_norm, dv, hp->norm_eps);
+        for (int jj = 0; jj < dv; jj++) o[jj] *= silu(z[jj]);
+    }
+}
+
+static void l2norm(float *x, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float s = (float)(1.0 / sqrt(ss + eps));
+    for (int i = 0; i < n; i++) x[i] *= s;
+}
+
+static void gated_deltanet(ms_fwd *f, const ms_layer *ly, int il, int T) {
+    const ms_hparams *hp = &f->m->hp;
+    int E = hp->n_embd, nv = hp->n_v_heads, nk = hp->n_k_heads, cd = hp->conv_dim, K = hp->d_conv;
+    int vd = nv * hp->d_v;
+    /* projections: qkv (pre-conv) into f->a (as scratch), z, beta, alpha */
+    float *pre = f->a;
+    mm_op ops[4];
+    int n = 0;
+    ops[n++] = mm(&ly->wqkv, f->h, E, pre, cd, T);
+    ops[n++] = mm(&ly->wz, f->h, E, f->z, vd, T);
+    if (ly->wba.data) {
+        ops[n++] = mm(&ly->wba, f->h, E, f->gdn_o, 2 * nv, T); /* gdn_o is free until the recurrence */
+    } else {
+        ops[n++] = mm(&ly->wbeta, f->h, E, f->beta, nv, T);
+        ops[n++] = mm(&ly->walpha, f->h, E, f->alpha, nv, T);
+    }
+    mm_run(f, ops, n);
+    if (ly->wba.data) {
+        /* [n_k_heads][beta x r | alpha x r]: v head g*r+j takes beta/alpha j of group g */
+        int r = nv / nk;
+        for (int t = 0; t < T; t++) {
+            const float *ba = f->gdn_o + (size_t)t * 2 * nv;
+            for (int g = 0; g < nk; g++)
+                for (int jj = 0; jj < r; jj++) {
+                    f->beta[(size_t)t * nv + g * r + jj] = ba[g * 2 * r + jj];
+                    f->alpha[(size_t)t * nv + g * r + jj] = ba[g * 2 * r + r + jj];
+                }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nv; h++) {
+            float *b = &f->beta[(size_t)t * nv + h], *a = &f->alpha[(size_t)t * nv + h];
+            *b = sigmoid(*b);
+            *a = softplus(*a + ly->dt_bias[h]) * ly->ssm_a[h]; /* log of the decay */
+        }
+    /* causal depthwise conv over [state (K-1 rows) | new rows], then SiLU */
+    float *st = f->conv_state[il];
+    for (int c = 0; c < cd; c++) {
+        const float *w = ly->conv1d + (size_t)c * K;
+        for (int t = 0; t < T; t++) {
+            float s = 0;
+            for (int k = 0; k < K; k++) {
+                int src = t + k - (K - 1); /* < 0: from the saved state */
+                float xv = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * cd + c];
+                s += w[k] * xv;
+            }
+            f->qkv[(size_t)t * cd + c] = silu(s);
+        }
+        /* keep the last K-1 inputs; ascending k reads only rows not yet overwritten */
+        for (int k = 0; k < K - 1; k++) {
+            int src = T - (K - 1) + k;
+            st[(size_t)k * cd + c] = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * cd + c];
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        float *row = f->qkv + (size_t)t * cd;
+        for (int hh = 0; hh < 2 * nk; hh++) l2norm(row + (size_t)hh * hp->d_k, hp->d_k, hp->norm_eps);
+    }
+    gdn_job j = {f, ly, il, T};
+    pool_run(f->pool, gdn_task, &j, nv);
+    mm_op o = mm(&ly->ssm_out, f->gdn_o, vd, f->h, E, T);
+    mm_run(f, &o, 1);
+}
+
+/* ------------------------------------------------------------------ mixture of experts */
+
+typedef struct moe_job {
+    ms_fwd *f;
+    const ms_layer *ly;
+    int n_exp;            /* distinct experts in this batch */
+    int64_t rows_per_chunk;
+    int chunks_per_exp;
+} moe_job;
+
+/* gate/up: item = (expert, chunk of n_ff_exp rows), for all tokens routed to that expert */
+static void moe_up_task(void *ctx, int i, int thread) {
+    moe_job *j = ctx;
+    ms_fwd *f = j->f;
+    const ms_layer *ly = j->ly;
+    int x = i / j->chunks_per_exp, c = i % j->chunks_per_exp;
+    int64_t ff = ly->gate_exps.n_out, E = ly->gate_exps.n_in;
+    int64_t r0 = c * j->rows_per_chunk, r1 = MS_MIN(ff, r0 + j->rows_per_chunk);
+    if (r0 >= r1) return;
+    int first = f->exp_first[x], cnt = f->exp_count[x];
+    const ms_expert_ref *ref = &f->refs[x];
+    float *row = f->thread_buf + (size_t)thread * f->thread_buf_len;
+    for (int which = 0; which < 2; which++) {
+        const ms_mat3 *w = which ? &ly->up_exps : &ly->gate_exps;
+        const uint8_t *base = which ? ref->up : ref->gate;
+        float *out = which ? f->act_u : f->act_g;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *wr = base + (size_t)r * w->row_bytes;
+            if (cnt == 1) {
+                out[(size_t)first * ff + r] = quant_dot(w->type, wr, f->h + (size_t)f->slot_tok[first] * E, E);
+                continue;
+            }
+            quant_dequant(w->type, wr, row, E);
+            for (int s = first; s < first + cnt; s++)
+                out[(size_t)s * ff + r] = quant_dot(MS_TYPE_F32, row, f->h + (size_t)f->slot_tok[s] * E, E);
+        }
+    }
+}
+
+/* down: item = chunk of n_embd output rows across every expert, so each output element has
+ * one writer; moe[t][r] += w(t, x) * down_x[r] . act[slot] */
+static void moe_down_task(void *ctx, int i, int thread) {
+    moe_job *j = ctx;
+    ms_fwd *f = j->f;
+    const ms_layer *ly = j->ly;
+    const ms_mat3 *w = &ly->down_exps;
+    int64_t E = w->n_out, ff = w->n_in;
+    int64_t r0 = (int64_t)i * j->rows_per_chunk, r1 = MS_MIN(E, r0 + j->rows_per_chunk);
+    float *row = f->thread_buf + (size_t)thread * f->thread_buf_len;
+    for (int x = 0; x < j->n_exp; x++) {
+        int first = f->exp_first[x], cnt = f->exp_count[x];
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *wr = f->refs[x].down + (size_t)r * w->row_bytes;
+            if (cnt == 1) {
+                f->moe[(size_t)f->slot_tok[first] * E + r] +=
+                    f->slot_w[first] * quant_dot(w->type, wr, f->act_g + (size_t)first * ff, ff);
+                continue;
+            }
+            quant_dequant(w->type, wr, row, ff);
+            for (int s = first; s < first + cnt; s++)
+                f->moe[(size_t)f->slot_tok[s] * E + r] +=
+                    f->slot_w[s] * quant_dot(MS_TYPE_F32, row, f->act_g + (size_t)s * ff, ff);
+        }
+    }
+}
+
+static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
+    const ms_hparams *hp = &f->m->hp;
+    int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
+    double t0 = ms_time();
+    /* router (and the shared expert's projections, which need no expert bytes) */
+    mm_op ops[4];
+    int n = 0;
+    ops[n++] = mm(&ly->router, f->h, E, f->router, NE, T);
+    if (ly->sh_up.data) {
+        ops[n++] = mm(&ly->sh_gate, f->h, E, f->sh_g, hp->n_ff_shexp, T);
+        ops[n++] = mm(&ly->sh_up, f->h, E, f->sh_u, hp->n_ff_shexp, T);
+        if (ly->sh_router.data) ops[n++] = mm(&ly->sh_router, f->h, E, f->sh_gate, 1, T);
+    }
+    mm_run(f, ops, n);
+
+    /* softmax, top-k, renormalize; then group (token, k) slots by expert */
+    memset(f->exp_count, 0, sizeof(int) * NE);
+    for (int t = 0; t < T; t++) {
+        float *lg = f->router + (size_t)t * NE;
+        float mx = -INFINITY;
+        for (int x = 0; x < NE; x++) mx = fmaxf(mx, lg[x]);
+        double sum = 0;
+        for (int x = 0; x < NE; x++) sum += (lg[x] = expf(lg[x] - mx));
+        for (int x = 0; x < NE; x++) lg[x] = (float)(lg[x] / sum);
+        int *sel = f->sel + (size_t)t * K;
+        float *sw = f->sel_w + (size_t)t * K, wsum = 0;
+        for (int kk = 0; kk < K; kk++) {
+            int best = -1;
+            for (int x = 0; x < NE; x++) {
+                int taken = 0;
+                for (int q = 0; q < kk; q++) taken |= sel[q] == x;
+                if (!taken && (best < 0 || lg[x] > lg[best])) best = x;
+            }
+            sel[kk] = best;
+            sw[kk] = lg[best];
+            wsum += lg[best];
+            f->exp_count[best]++;
+        }
+        for (int kk = 0; kk < K; kk++) {
+            if (hp->norm_topk) sw[kk] /= wsum;
+            if (hp->expert_weights_scale != 0.0f) sw[kk] *= hp->expert_weights_scale;
+        }
+    }
+    /* compact the used experts; exp_first gives each one's first slot */
+    int n_exp = 0, slots = 0;
+    for (int x = 0; x < NE; x++) {
+        if (!f->exp_count[x]) continue;
+        f->exp_ids[n_exp] = x;
+        f->exp_first[n_exp] = slots;
+        f->exp_index[x] = n_exp;
+        slots += f->exp_count[x];
+        n_exp++;
+    }
+    int *fill = f->exp_fill;
+    for (int x = 0; x < n_exp; x++) fill[x] = f->exp_first[x];
+    for (int t = 0; t < T; t++)
+        for (int kk = 0; kk < K; kk++) {
+            int cx = f->exp_index[f->sel[(size_t)t * K + kk]];
+            int s = fill[cx]++;
+            f->slot_tok[s] = t;
+            f->slot_w[s] = f->sel_w[(size_t)t * K + kk];
+        }
+    for (int x = 0; x < n_exp; x++) f->exp_count[x] = fill[x] - f->exp_first[x];
+    double t1 = ms_time();
+    f->timing.route += t1 - t0;
+
+    if (experts_acquire(f->store, il, f->exp_ids, n_exp, f->refs, e)) return e ? e->status : MS_ERR_IO;
+    double t2 = ms_time();
+    f->timing.expert_wait += t2 - t1;
+
+    int64_t ff = hp->n_ff_exp;
+    moe_job j = {f, ly, n_exp, 0, 0};
+    j.chunks_per_exp = (int)MS_MAX(1, MS_MIN(ff / 16, (int64_t)f->nth * 4 / MS_MAX(1, n_exp) + 1));
+    j.rows_per_chunk = (ff + j.chunks_per_exp - 1) / j.chunks_per_exp;
+    pool_run(f->pool, moe_up_task, &j, n_exp * j.chunks_per_exp);
+    for (int64_t i = 0; i < (int64_t)slots * ff; i++) f->act_g[i] = silu(f->act_g[i]) * f->act_u[i];
+    memset(f->moe, 0, sizeof(float) * (size_t)T * E);
+    j.rows_per_chunk = MS_MAX(4, (E + f->nth * 4 - 1) / (f->nth * 4));
+    pool_run(f->pool, moe_down_task, &j, (int)((E + j.rows_per_chunk - 1) / j.rows_per_chunk));
+    experts_release(f->store, il, f->exp_ids, n_exp);
+
+    if (ly->sh_up.data) {
+        int sf = hp->n_ff_shexp;
+        for (int64_t i = 0; i < (int64_t)T * sf; i++) f->sh_g[i] = silu(f->sh_g[i]) * f->sh_u[i];
+        mm_op o = mm(&ly->sh_down, f->sh_g, sf, f->h, E, T);
+        mm_run(f, &o, 1);
+        for (int t = 0; t < T; t++) {
+            float g = ly->sh_router.data ? sigmoid(f->sh_gate[t]) : 1.0f;
+            for (int i = 0; i < E; i++) f->moe[(size_t)t * E + i] += g * f->h[(size_t)t * E + i];
+        }
+    }
+    f->timing.expert_compute += ms_time() - t2;
+    return MS_OK;
+}
+
+/* ------------------------------------------------------------------ driver */
+
+static void embed(ms_fwd *f, const int32_t *tokens, int T) {
+    const ms_mat *te = &f->m->tok_embd;
+    for (int t = 0; t < T; t++)
+        quant_dequant(te->type, te->data + (size_t)tokens[t] * te->row_bytes, f->x + (size_t)t * te->n_in, te->n_in);
+}
+
+static int eval_batch(ms_fwd *f, const int32_t *tokens, int T, int all_logits, ms_err *e) {
+    const struct ms_model *m = f->m;
+    const ms_hparams *hp = &m->hp;
+    int E = hp->n_embd;
+    embed(f, tokens, T);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const ms_layer *ly = &m->layers[il];
+        double t0 = ms_time();
+        for (int t = 0; t < T; t++) rmsnorm(f->h + (size_t)t * E, f->x + (size_t)t * E, ly->attn_norm, E, hp->norm_eps);
+        if (ly->kind == MS_LAYER_ATTN) attention(f, ly, il, T);
+        else gated_deltanet(f, ly, il, T);
+        for (int64_t i = 0; i < (int64_t)T * E; i++) f->x[i] += f->h[i];
+        for (int t = 0; t < T; t++) rmsnorm(f->h + (size_t)t * E, f->x + (size_t)t * E, ly->ffn_norm, E, hp->norm_eps);
+        f->timing.attn += ms_time() - t0;
+        int rc = moe(f, ly, il, T, e);
+        if (rc) return rc;
+        for (int64_t i = 0; i < (int64_t)T * E; i++) f->x[i] += f->moe[i];
+    }
+    double t0 = ms_time();
+    int first = all_logits ? 0 : T - 1, rows = T - first;
+    for (int t = first; t < T; t++) rmsnorm(f->h + (size_t)(t - first) * E, f->x + (size_t)t * E, m->output_norm, E, hp->norm_eps);
+    mm_op o = mm(&m->output, f->h, E, f->logits, hp->n_vocab, rows);
+    mm_run(f, &o, 1);
+    f->n_logits = rows;
+    f->pos += T;
+    f->timing.other += ms_time() - t0;
+    f->timing.tokens += (uint64_t)T;
+    return MS_OK;
+}
+
+int fwd_eval(ms_fwd *f, const int32_t *tokens, int n, int all_logits, ms_err *e) {
+    const ms_hparams *hp = &f->m->hp;
+    if (n <= 0) return ms_fail(e, MS_ERR_ARG, "nothing to evaluate");
+    if (f->pos + n > f->n_ctx)
+        return ms_fail(e, MS_ERR_CONTEXT, "context full: %d positions used + %d new tokens > context size %d (use -c to enlarge)",
+                       f->pos, n, f->n_ctx);
+    if (all_logits && n > f->n_batch)
+        return ms_fail(e, MS_ERR_ARG, "all-position logits need n <= batch size (%d > %d)", n, f->n_batch);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return ms_fail(e, MS_ERR_ARG, "token id %d out of range [0, %d)", tokens[i], hp->n_vocab);
+    f->n_logits = 0;
+    for (int done = 0; done < n;) {
+        int T = MS_MIN(f->n_batch, n - done);
+        int rc = eval_batch(f, tokens + done, T, all_logits, e);
+        if (rc) return rc;
+        done += T;
+    }
+    return MS_OK;
+}
+
+const float *fwd_logits(const ms_fwd *f, int i) {
+    if (i < 0 || i >= f->n_logits) return NULL;
+    return f->logits + (size_t)i * f->m->hp.n_vocab;
+}
+int fwd_n_logits(const ms_fwd *f) { return f->n_logits; }
+int fwd_pos(const ms_fwd *f) { return f->pos; }
+int fwd_n_ctx(const ms_fwd *f) { return f->n_ctx; }
+const ms_timing *fwd_timing(const ms_fwd *f) { return &f->timing; }
+
+void fwd_reset(ms_fwd *f) {
+    const ms_hparams *hp = &f->m->hp;
+    f->pos = 0;
+    f->n_logits = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        if (f->conv_state[il]) memset(f->conv_state[il], 0, sizeof(float) * (size_t)(hp->d_conv - 1) * hp->conv_dim);
+        if (f->ssm_state[il]) memset(f->ssm_state[il], 0, sizeof(float) * (size_t)hp->n_v_heads * hp->d_v * hp->d_k);
+    }
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+static float *alloc_f(size_t n, int *fail) {
+    float *p = ms_malloc_aligned(sizeof(float) * (n ? n : 1));
+    if (!p) *fail = 1;
+    else memset(p, 0, sizeof(float) * (n ? n : 1));
+    return p;
+}
+
+static int *alloc_i(size_t n, int *fail) {
+    int *p = ms_calloc(n ? n : 1, sizeof(int));
+    if (!p) *fail = 1;
+    return p;
+}
+
+ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_ctx, int n_batch, ms_err *e) {
+    const ms_hparams *hp = &m->hp;
+    if (n_ctx <= 0 || n_batch <= 0) {
+        ms_fail(e, MS_ERR_ARG, "context size and batch size must be positive");
+        return NULL;
+    }
+    if (n_batch > n_ctx) n_batch = n_ctx;
+    ms_fwd *f = ms_calloc(1, sizeof *f);
+    if (!f) {
+        ms_fail(e, MS_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    f->m = m;
+    f->store = store;
+    f->pool = pool;
+    f->nth = pool_size(pool);
+    f->n_ctx = n_ctx;
+    f->n_batch = n_batch;
+    int fail = 0;
+    size_t L = (size_t)hp->n_layer, T = (size_t)n_batch, E = (size_t)hp->n_embd;
+    f->k_cache = ms_calloc(L, sizeof(float *));
+    f->v_cache = ms_calloc(L, sizeof(float *));
+    f->conv_state = ms_calloc(L, sizeof(float *));
+    f->ssm_state = ms_calloc(L, sizeof(float *));
+    if (!f->k_cache || !f->v_cache || !f->conv_state || !f->ssm_state) fail = 1;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    for (size_t il = 0; il < L && !fail; il++) {
+        if (m->layers[il].kind == MS_LAYER_ATTN) {
+            f->k_cache[il] = alloc_f((size_t)n_ctx * kvd, &fail);
+            f->v_cache[il] = alloc_f((size_t)n_ctx * kvd, &fail);
+        } else {
+            f->conv_state[il] = alloc_f((size_t)(hp->d_conv - 1) * hp->conv_dim, &fail);
+            f->ssm_state[il] = alloc_f((size_t)hp->n_v_heads * hp->d_v * hp->d_k, &fail);
+        }
+    }
+    size_t qw = (size_t)hp->n_head * hp->head_dim * 2;
+    size_t vd = (size_t)hp->n_v_heads * hp->d_v;
+    size_t a_w = MS_MAX(E, MS_MAX(qw, (size_t)hp->conv_dim));
+    size_t K = (size_t)hp->n_expert_used, NE = (size_t)hp->n_expert;
+    f->x = alloc_f(T * E, &fail);
+    f->h = alloc_f(T * E, &fail);
+    f->a = alloc_f(T * a_w, &fail);
+    f->q = alloc_f(T * (size_t)hp->n_head * hp->head_dim, &fail);
+    f->att = alloc_f(T * (size_t)hp->n_head * hp->head_dim, &fail);
+    f->qkv = alloc_f(T * (size_t)hp->conv_dim, &fail);
+    f->z = alloc_f(T * vd, &fail);
+    f->beta = alloc_f(T * (size_t)hp->n_v_heads, &fail);
+    f->alpha = alloc_f(T * (size_t)hp->n_v_heads, &fail);
+    f->gdn_o = alloc_f(T * MS_MAX(vd, 2 * (size_t)hp->n_v_heads), &fail);
+    f->router = alloc_f(T * NE, &fail);
+    f->sel = alloc_i(T * K, &fail);
+    f->sel_w = alloc_f(T * K, &fail);
+    f->exp_fill = alloc_i(NE, &fail);
+    f->exp_ids = alloc_i(NE, &fail);
+    f->exp_first = alloc_i(NE, &fail);
+    f->exp_count = alloc_i(NE, &fail);
+    f->exp_index = alloc_i(NE, &fail);
+    f->slot_tok = alloc_i(T * K, &fail);
+    f->slot_w = alloc_f(T * K, &fail);
+    f->refs = ms_calloc(NE, sizeof(ms_expert_ref));
+    if (!f->refs) fail = 1;
+    f->act_g = alloc_f(T * K * (size_t)hp->n_ff_exp, &fail);
+    f->act_u = alloc_f(T * K * (size_t)hp->n_ff_exp, &fail);
+    f->sh_g = alloc_f(T * (size_t)hp->n_ff_shexp, &fail);
+    f->sh_u = alloc_f(T * (size_t)hp->n_ff_shexp, &fail);
+    f->sh_gate = alloc_f(T, &fail);
+    f->moe = alloc_f(T * E, &fail);
+    /* per-thread row buffer: the longest dequantized row, or the attention score row */
+    size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
+    longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));
+    longest = MS_MAX(longest, (size_t)n_ctx);
+    f->thread_buf_len = (longest + 15) & ~(size_t)15;
+    f->thread_buf = alloc_f((size_t)f->nth * f->thread_buf_len, &fail);
+    f->logits = alloc_f(T * (size_t)hp->n_vocab, &fail);
+    if (fail) {
+        size_t kv_bytes = 0;
+        for (size_t il = 0; il < L; il++)
+            if (m->layers[il].kind == MS_LAYER_ATTN) kv_bytes += 2 * (size_t)n_ctx * kvd * sizeof(float);
+        ms_fail(e, MS_ERR_NOMEM, "out of memory allocating the context (KV cache %.1f MiB for %d positions; try a smaller -c)",
+                kv_bytes / 1048576.0, n_ctx);
+        fwd_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+void fwd_free(ms_fwd *f) {
+    if (!f) return;
+    size_t L = (size_t)f->m->hp.n_layer;
+    for (size_t il = 0; il < L; il++) {
+        if (f->k_cache) ms_free_aligned(f->k_cache[il]);
+        if (f->v_cache) ms_free_aligned(f->v_cache[il]);
+        if (f->conv_state) ms_free_aligned(f->conv_state[il]);
+        if (f->ssm_state) ms_free_aligned(f->ssm_state[il]);
+    }
+    ms_free(f->k_cache);
+    ms_free(f->v_cache);
+    ms_free(f->conv_state);
+    ms_free(f->ssm_state);
+    float *fs[] = {f->x, f->h, f->a, f->q, f->att, f->qkv, f->z, f->beta, f->alpha, f->gdn_o, f->router,
+                   f->sel_w, f->slot_w, f->act_g, f->act_u, f->sh_g, f->sh_u, f->sh_gate, f->moe,
+                   f->thread_buf, f->logits};
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) ms_free_aligned(fs[i]);
+    ms_free(f->sel);
+    ms_free(f->exp_fill);
+    ms_free(f->exp_ids);
+    ms_free(f->exp_first);
+    ms_free(f->exp_count);
+    ms_free(f->exp_index);
+    ms_free(f->slot_tok);
+    ms_free(f->refs);
+    ms_free(f);
+}

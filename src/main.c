@@ -1,0 +1,342 @@
+/* main.c - the moestream command line: run, info, tokenize, logits.
+ * A thin front end over include/moestream.h; the only place that prints errors and exits. */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "moestream.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("moestream: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void usage(FILE *out) {
+    fputs("usage: moestream COMMAND [options]\n"
+          "\n"
+          "commands:\n"
+          "  run       -m MODEL -p TEXT [-n N] [--temp T] [--seed S]   generate text\n"
+          "  info      -m MODEL                                        describe a model\n"
+          "  tokenize  -m MODEL [--no-special] (-f FILE | TEXT)        print token ids\n"
+          "  logits    -m MODEL --ids FILE -o OUT.f32                  logits for every position\n"
+          "\n"
+          "options:\n"
+          "  -m, --model FILE          GGUF model (first part of a split model)\n"
+          "  -p, --prompt TEXT         prompt text;  -f, --file FILE: read it from a file\n"
+          "  -n, --n-predict N         tokens to generate (default 256; -1: until end or context full)\n"
+          "  -t, --threads N           threads (default: all cores)\n"
+          "  -c, --ctx-size N          context size (default 4096)\n"
+          "  -b, --batch-size N        prompt tokens per forward pass (default 512)\n"
+          "  --temp T                  temperature (default 0.8; 0 = greedy)\n"
+          "  --top-k N, --top-p P, --min-p P, --repeat-penalty R, --repeat-last-n N, --seed S\n"
+          "  --experts-per-token K     route each token to K experts instead of the model's top-k\n"
+          "  --no-special              tokenize: treat <|...|> control tokens as plain text\n"
+          "  --ids FILE, -o FILE       logits: input token ids and output file\n",
+          out);
+}
+
+typedef struct opts {
+    const char *model, *prompt, *file, *ids, *out, *text;
+    int n_predict, threads, n_ctx, n_batch, experts, no_special;
+    ms_sampler_params sp;
+} opts;
+
+static long parse_int(const char *flag, const char *v, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) die("%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
+    return x;
+}
+
+static float parse_float(const char *flag, const char *v) {
+    char *end;
+    float x = strtof(v, &end);
+    if (end == v || *end) die("%s expects a number, got '%s'", flag, v);
+    return x;
+}
+
+static void parse_opts(int argc, char **argv, opts *o) {
+    memset(o, 0, sizeof *o);
+    o->n_predict = 256;
+    o->n_batch = 512;
+    ms_sampler_params_default(&o->sp);
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+#define ARG() (i + 1 < argc ? argv[++i] : (die("%s needs a value", a), ""))
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = ARG();
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = ARG();
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) o->file = ARG();
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) o->n_predict = (int)parse_int(a, ARG(), -1, INT_MAX);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o->threads = (int)parse_int(a, ARG(), 1, 1024);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) o->n_ctx = (int)parse_int(a, ARG(), 1, 1 << 24);
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) o->n_batch = (int)parse_int(a, ARG(), 1, 1 << 16);
+        else if (!strcmp(a, "--temp")) o->sp.temperature = parse_float(a, ARG());
+        else if (!strcmp(a, "--top-k")) o->sp.top_k = (int)parse_int(a, ARG(), 0, INT_MAX);
+        else if (!strcmp(a, "--top-p")) o->sp.top_p = parse_float(a, ARG());
+        else if (!strcmp(a, "--min-p")) o->sp.min_p = parse_float(a, ARG());
+        else if (!strcmp(a, "--repeat-penalty")) o->sp.repeat_penalty = parse_float(a, ARG());
+        else if (!strcmp(a, "--repeat-last-n")) o->sp.repeat_last_n = (int)parse_int(a, ARG(), 0, 1 << 20);
+        else if (!strcmp(a, "--seed") || !strcmp(a, "-s")) {
+            const char *v = ARG();
+            long long s = strtoll(v, NULL, 10);
+            o->sp.seed = s < 0 ? MS_SEED_RANDOM : (uint64_t)s;
+        } else if (!strcmp(a, "--experts-per-token")) o->experts = (int)parse_int(a, ARG(), 1, 1 << 16);
+        else if (!strcmp(a, "--no-special")) o->no_special = 1;
+        else if (!strcmp(a, "--ids")) o->ids = ARG();
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o->out = ARG();
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
+        else if (a[0] == '-' && a[1]) die("unknown option '%s' (see moestream --help)", a);
+        else if (!o->text) o->text = a;
+        else die("unexpected argument '%s'", a);
+#undef ARG
+    }
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die("%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (n + 4096 > cap) buf = realloc(buf, cap *= 2);
+        if (!buf) die("out of memory reading %s", path);
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    if (ferror(f)) die("%s: read error", path);
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static ms_model *load_model(const opts *o) {
+    if (!o->model) die("no model given (use -m FILE)");
+    ms_model_params mp;
+    ms_model_params_default(&mp);
+    mp.n_expert_used = o->experts;
+    ms_model *m;
+    ms_error err;
+    if (ms_model_load(o->model, &mp, &m, &err)) die("%s", err.msg);
+    if (o->experts) {
+        ms_model_info info;
+        ms_model_get_info(m, &info);
+        if (info.n_expert_used != info.n_expert_used_model)
+            fprintf(stderr, "moestream: note: routing each token to %d experts instead of the model's %d changes the output\n",
+                    info.n_expert_used, info.n_expert_used_model);
+    }
+    return m;
+}
+
+static ms_context *new_context(ms_model *m, const opts *o, int min_ctx) {
+    ms_context_params cp;
+    ms_context_params_default(&cp);
+    if (o->n_ctx) cp.n_ctx = o->n_ctx;
+    else if (min_ctx > cp.n_ctx) cp.n_ctx = min_ctx;
+    cp.n_batch = o->n_batch;
+    cp.n_threads = o->threads;
+    ms_context *c;
+    ms_error err;
+    if (ms_context_new(m, &cp, &c, &err)) die("%s", err.msg);
+    return c;
+}
+
+static void human_bytes(uint64_t b, char *out, size_t n) {
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int i = 0;
+    while (v >= 1024 && i < 4) v /= 1024, i++;
+    snprintf(out, n, "%.2f %s", v, u[i]);
+}
+
+static int cmd_info(const opts *o) {
+    ms_model *m = load_model(o);
+    ms_model_info in;
+    ms_model_get_info(m, &in);
+    char b1[32], b2[32], b3[32], b4[32];
+    printf("architecture      %s%s%s\n", in.arch, in.name[0] ? "  name: " : "", in.name);
+    printf("files             %d part%s, %lld tensors\n", in.n_parts, in.n_parts == 1 ? "" : "s", (long long)in.n_tensors);
+    printf("layers            %d (%d full attention, %d Gated DeltaNet)\n", in.n_layer, in.n_layer_attn, in.n_layer_linear);
+    printf("n_embd            %d\n", in.n_embd);
+    printf("n_vocab           %d\n", in.n_vocab);
+    printf("context (train)   %d\n", in.n_ctx_train);
+    printf("attention         %d heads, %d kv heads, head_dim %d, rope dims %d, rope base %g\n", in.n_head,
+           in.n_head_kv, in.head_dim, in.n_rot, in.rope_base);
+    if (in.n_layer_linear)
+        printf("gated deltanet    %d key heads, %d value heads, state %d, conv %d\n", in.n_k_heads, in.n_v_heads,
+               in.d_state, in.d_conv);
+    printf("experts           %d routed, %d used per token", in.n_expert, in.n_expert_used);
+    if (in.n_expert_used != in.n_expert_used_model) printf(" (model: %d)", in.n_expert_used_model);
+    printf(", n_ff_exp %d", in.n_ff_exp);
+    if (in.n_ff_shexp) printf(", shared expert n_ff %d", in.n_ff_shexp);
+    printf("\nrms norm eps      %g\n", in.norm_eps);
+    human_bytes(in.bytes_total, b1, sizeof b1);
+    human_bytes(in.bytes_dense, b2, sizeof b2);
+    human_bytes(in.bytes_experts, b3, sizeof b3);
+    human_bytes(in.bytes_per_expert, b4, sizeof b4);
+    printf("weights           %s total: %s dense (resident), %s routed experts\n", b1, b2, b3);
+    printf("per expert        %s (gate + up + down of one expert in one layer)\n", b4);
+    printf("per token         %s of routed experts at top-%d\n", (human_bytes(in.bytes_per_expert * (uint64_t)in.n_expert_used * in.n_layer, b4, sizeof b4), b4), in.n_expert_used);
+    printf("tensor types:\n");
+    for (int t = 0; t < MS_N_TYPES; t++) {
+        if (!in.type_count[t]) continue;
+        human_bytes(in.type_bytes[t], b1, sizeof b1);
+        printf("  %-8s %5lld tensors  %12s  %5.1f%%\n", ms_type_name(t), (long long)in.type_count[t], b1,
+               100.0 * in.type_bytes[t] / (double)(in.bytes_total ? in.bytes_total : 1));
+    }
+    ms_model_free(m);
+    return 0;
+}
+
+static int cmd_tokenize(const opts *o) {
+    ms_model *m = load_model(o);
+    size_t len;
+    char *text;
+    if (o->file) text = read_file(o->file, &len);
+    else if (o->text || o->prompt) {
+        text = strdup(o->text ? o->text : o->prompt);
+        len = strlen(text);
+    } else die("tokenize needs TEXT or -f FILE");
+    int32_t *ids;
+    int n;
+    ms_error err;
+    if (ms_tokenize(m, text, len, !o->no_special, &ids, &n, &err)) die("%s", err.msg);
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    ms_free_ids(ids);
+    free(text);
+    ms_model_free(m);
+    return 0;
+}
+
+static int cmd_logits(const opts *o) {
+    if (!o->ids || !o->out) die("logits needs --ids FILE and -o OUT.f32");
+    ms_model *m = load_model(o);
+    size_t len;
+    char *txt = read_file(o->ids, &len);
+    int n = 0, cap = 256;
+    int32_t *ids = malloc(sizeof(int32_t) * cap);
+    for (char *p = txt;;) {
+        while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r' || *p == ',') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) die("%s: not a token id at '%.20s'", o->ids, p);
+        if (n == cap) ids = realloc(ids, sizeof(int32_t) * (cap *= 2));
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    free(txt);
+    if (!n) die("%s: no token ids", o->ids);
+    ms_context *c = new_context(m, o, n);
+    FILE *out = fopen(o->out, "wb");
+    if (!out) die("%s: cannot create: %s", o->out, strerror(errno));
+    int nv = ms_n_vocab(m);
+    ms_error err;
+    for (int done = 0; done < n;) {
+        int b = n - done < o->n_batch ? n - done : o->n_batch;
+        if (ms_eval(c, ids + done, b, 1, &err)) die("%s", err.msg);
+        for (int i = 0; i < b; i++)
+            if (fwrite(ms_logits(c, i), sizeof(float), (size_t)nv, out) != (size_t)nv) die("%s: write error", o->out);
+        done += b;
+    }
+    if (fclose(out)) die("%s: write error", o->out);
+    fprintf(stderr, "moestream: wrote %d x %d logits to %s\n", n, nv, o->out);
+    free(ids);
+    ms_context_free(c);
+    ms_model_free(m);
+    return 0;
+}
+
+static int cmd_run(const opts *o) {
+    double t0 = now();
+    ms_model *m = load_model(o);
+    size_t len;
+    char *text;
+    if (o->file) text = read_file(o->file, &len);
+    else if (o->prompt || o->text) {
+        text = strdup(o->prompt ? o->prompt : o->text);
+        len = strlen(text);
+    } else die("run needs a prompt (-p TEXT or -f FILE)");
+    int32_t *ids;
+    int n;
+    ms_error err;
+    if (ms_tokenize(m, text, len, 1, &ids, &n, &err)) die("%s", err.msg);
+    free(text);
+    if (n == 0) die("the prompt is empty");
+    ms_context *c = new_context(m, o, 0);
+    if (n >= ms_context_n_ctx(c))
+        die("the prompt has %d tokens but the context holds %d (raise -c)", n, ms_context_n_ctx(c));
+    ms_sampler *s = ms_sampler_new(m, &o->sp);
+    if (!s) die("out of memory");
+    double t_load = now() - t0;
+    for (int i = 0; i < n; i++) ms_sampler_accept(s, ids[i]);
+    double t1 = now();
+    if (ms_eval(c, ids, n, 0, &err)) die("%s", err.msg);
+    double t_prompt = now() - t1;
+    ms_detok *d = ms_detok_new(m, 0);
+    if (!d) die("out of memory");
+    int gen = 0, n_eval = 0;
+    double t2 = now();
+    int limit = o->n_predict < 0 ? INT_MAX : o->n_predict;
+    while (gen < limit && ms_context_pos(c) < ms_context_n_ctx(c)) {
+        int32_t tok = ms_sample(s, ms_logits(c, -1));
+        ms_sampler_accept(s, tok);
+        gen++;
+        if (ms_token_is_eog(m, tok)) break;
+        size_t k;
+        const char *piece = ms_detok_push(d, tok, &k);
+        fwrite(piece, 1, k, stdout);
+        fflush(stdout);
+        if (gen == limit) break;
+        if (ms_eval(c, &tok, 1, 0, &err)) die("%s", err.msg);
+        n_eval++;
+    }
+    size_t k;
+    const char *rest = ms_detok_flush(d, &k);
+    fwrite(rest, 1, k, stdout);
+    printf("\n");
+    ms_detok_free(d);
+    double t_gen = now() - t2;
+    fprintf(stderr, "\nmoestream: load %.2f s | prompt %d tokens, %.2f tok/s | generation %d tokens, %.2f tok/s\n", t_load,
+            n, n / t_prompt, gen, n_eval ? n_eval / t_gen : 0.0);
+    free(ids);
+    ms_sampler_free(s);
+    ms_context_free(c);
+    ms_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2;
+    }
+    opts o;
+    parse_opts(argc, argv, &o);
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run")) return cmd_run(&o);
+    if (!strcmp(cmd, "info")) return cmd_info(&o);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o);
+    if (!strcmp(cmd, "logits")) return cmd_logits(&o);
+    die("unknown command '%s' (commands: run, info, tokenize, logits)", cmd);
+    return 1;
+}

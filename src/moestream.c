@@ -1,0 +1,230 @@
+/* moestream.c - the public API (include/moestream.h) over the internal modules: it wires a
+ * GGUF file, the model, tokenizer and expert store into an ms_model, and a thread pool plus a
+ * forward context into an ms_context. No computation lives here. */
+#include <string.h>
+
+#include "experts.h"
+#include "forward.h"
+#include "gguf.h"
+#include "model.h"
+#include "quant.h"
+#include "sampler.h"
+#include "threads.h"
+#include "tokenizer.h"
+#include "util.h"
+
+struct ms_context {
+    ms_model *m;
+    ms_pool *pool;
+    ms_fwd *fwd;
+};
+
+void ms_model_params_default(ms_model_params *p) { memset(p, 0, sizeof *p); }
+
+ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **out, ms_error *err) {
+    ms_model_params def;
+    if (!p) ms_model_params_default(&def), p = &def;
+    *out = NULL;
+    quant_init();
+    gguf_file *f = gguf_open(path, err);
+    if (!f) return err ? err->status : MS_ERR_IO;
+    ms_model *m = model_load(f, p->n_expert_used, err); /* owns f from here */
+    if (!m) return err ? err->status : MS_ERR_FORMAT;
+    m->tok = tokenizer_load(f, err);
+    if (!m->tok) goto fail;
+    if (tokenizer_n_vocab(m->tok) != m->hp.n_vocab) {
+        /* embedding rows may be padded beyond the vocabulary, never fewer */
+        if (tokenizer_n_vocab(m->tok) > m->hp.n_vocab) {
+            ms_fail(err, MS_ERR_FORMAT, "%s: the tokenizer has %d tokens but token_embd has only %d rows", path,
+                    tokenizer_n_vocab(m->tok), m->hp.n_vocab);
+            goto fail;
+        }
+    }
+    m->store = experts_open(m, err);
+    if (!m->store) goto fail;
+    *out = m;
+    return MS_OK;
+fail:
+    ms_model_free(m);
+    return err ? err->status : MS_ERR_FORMAT;
+}
+
+void ms_model_free(ms_model *m) {
+    if (!m) return;
+    experts_close(m->store);
+    tokenizer_free(m->tok);
+    model_free(m);
+}
+
+const char *ms_type_name(int type) { return quant_name(type); }
+
+void ms_model_get_info(const ms_model *m, ms_model_info *o) {
+    const ms_hparams *hp = &m->hp;
+    memset(o, 0, sizeof *o);
+    o->arch = m->arch_name;
+    o->name = m->name ? m->name : "";
+    o->n_vocab = hp->n_vocab;
+    o->n_embd = hp->n_embd;
+    o->n_layer = hp->n_layer;
+    o->n_ctx_train = hp->n_ctx_train;
+    o->n_head = hp->n_head;
+    o->n_head_kv = hp->n_head_kv;
+    o->head_dim = hp->head_dim;
+    o->n_rot = hp->n_rot;
+    for (int il = 0; il < hp->n_layer; il++) {
+        if (m->layers[il].kind == MS_LAYER_ATTN) o->n_layer_attn++;
+        else o->n_layer_linear++;
+    }
+    o->n_expert = hp->n_expert;
+    o->n_expert_used = hp->n_expert_used;
+    o->n_expert_used_model = m->n_expert_used_model;
+    o->n_ff_exp = hp->n_ff_exp;
+    o->n_ff_shexp = hp->n_ff_shexp;
+    o->n_k_heads = hp->n_k_heads;
+    o->n_v_heads = hp->n_v_heads;
+    o->d_state = hp->d_k;
+    o->d_conv = hp->d_conv;
+    o->rope_base = hp->rope_base;
+    o->norm_eps = hp->norm_eps;
+    o->bytes_dense = m->bytes_dense;
+    o->bytes_experts = m->bytes_experts;
+    o->bytes_total = m->bytes_dense + m->bytes_experts;
+    const ms_layer *l0 = &m->layers[0];
+    o->bytes_per_expert = l0->gate_exps.stride + l0->up_exps.stride + l0->down_exps.stride;
+    o->n_tensors = m->gguf->n_tensors;
+    o->n_parts = m->gguf->n_parts;
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const gguf_tensor *t = &m->gguf->tensors[i];
+        if (t->type >= 0 && t->type < MS_N_TYPES) {
+            o->type_bytes[t->type] += t->nbytes;
+            o->type_count[t->type]++;
+        }
+    }
+}
+
+/* ---- tokens ---- */
+
+int ms_n_vocab(const ms_model *m) { return m->hp.n_vocab; }
+
+ms_status ms_tokenize(const ms_model *m, const char *text, size_t len, int parse_special, int32_t **ids, int *n_ids,
+                      ms_error *err) {
+    return (ms_status)tokenizer_encode(m->tok, text, len, parse_special, ids, n_ids, err);
+}
+
+void ms_free_ids(int32_t *ids) { ms_free(ids); }
+
+int ms_token_bytes(const ms_model *m, int32_t id, char *buf, int cap) {
+    return tokenizer_token_bytes(m->tok, id, 1, buf, cap);
+}
+
+int ms_token_is_eog(const ms_model *m, int32_t id) { return tokenizer_is_eog(m->tok, id); }
+int32_t ms_token_find(const ms_model *m, const char *text) { return tokenizer_find(m->tok, text); }
+
+ms_detok *ms_detok_new(const ms_model *m, int render_special) {
+    ms_detok *d = ms_calloc(1, sizeof *d);
+    if (!d) return NULL;
+    if (detok_init(d, m->tok, render_special, NULL)) {
+        ms_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+const char *ms_detok_push(ms_detok *d, int32_t id, size_t *len) { return detok_push(d, id, len); }
+const char *ms_detok_flush(ms_detok *d, size_t *len) { return detok_flush(d, len); }
+
+void ms_detok_free(ms_detok *d) {
+    if (!d) return;
+    detok_free(d);
+    ms_free(d);
+}
+
+/* ---- contexts ---- */
+
+void ms_context_params_default(ms_context_params *p) {
+    p->n_ctx = 4096;
+    p->n_batch = 512;
+    p->n_threads = 0;
+}
+
+ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **out, ms_error *err) {
+    ms_context_params def;
+    if (!p) ms_context_params_default(&def), p = &def;
+    *out = NULL;
+    int n_ctx = p->n_ctx > 0 ? p->n_ctx : 4096;
+    ms_context *c = ms_calloc(1, sizeof *c);
+    if (!c) return ms_fail(err, MS_ERR_NOMEM, "out of memory");
+    c->m = m;
+    c->pool = pool_new(p->n_threads > 0 ? p->n_threads : ms_cpu_count());
+    if (!c->pool) {
+        ms_free(c);
+        return ms_fail(err, MS_ERR_NOMEM, "cannot start worker threads");
+    }
+    c->fwd = fwd_new(m, m->store, c->pool, n_ctx, p->n_batch > 0 ? p->n_batch : 512, err);
+    if (!c->fwd) {
+        ms_context_free(c);
+        return err ? err->status : MS_ERR_NOMEM;
+    }
+    *out = c;
+    return MS_OK;
+}
+
+void ms_context_free(ms_context *c) {
+    if (!c) return;
+    fwd_free(c->fwd);
+    pool_free(c->pool);
+    ms_free(c);
+}
+
+ms_status ms_eval(ms_context *c, const int32_t *tokens, int n, int all_logits, ms_error *err) {
+    return (ms_status)fwd_eval(c->fwd, tokens, n, all_logits, err);
+}
+
+const float *ms_logits(const ms_context *c, int i) {
+    if (i < 0) i = fwd_n_logits(c->fwd) - 1;
+    return fwd_logits(c->fwd, i);
+}
+
+int ms_context_pos(const ms_context *c) { return fwd_pos(c->fwd); }
+int ms_context_n_ctx(const ms_context *c) { return fwd_n_ctx(c->fwd); }
+void ms_context_reset(ms_context *c) { fwd_reset(c->fwd); }
+
+void ms_context_stats(const ms_context *c, ms_stats *o) {
+    const ms_timing *t = fwd_timing(c->fwd);
+    ms_store_stats st;
+    experts_stats(c->m->store, &st);
+    memset(o, 0, sizeof *o);
+    o->tokens = t->tokens;
+    o->t_attn = t->attn;
+    o->t_route = t->route;
+    o->t_expert_wait = t->expert_wait;
+    o->t_expert_compute = t->expert_compute;
+    o->t_other = t->other;
+    o->expert_requests = st.requests;
+    o->expert_hits = st.hits;
+    o->bytes_read = st.bytes_read;
+    o->read_seconds = st.read_seconds;
+}
+
+/* ---- sampling ---- */
+
+void ms_sampler_params_default(ms_sampler_params *p) {
+    p->temperature = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->seed = MS_SEED_RANDOM;
+}
+
+ms_sampler *ms_sampler_new(const ms_model *m, const ms_sampler_params *p) {
+    ms_sampler_params def;
+    if (!p) ms_sampler_params_default(&def), p = &def;
+    return sampler_new(p, m->hp.n_vocab);
+}
+
+void ms_sampler_free(ms_sampler *s) { sampler_free(s); }
+int32_t ms_sample(ms_sampler *s, const float *logits) { return sampler_sample(s, logits); }
+void ms_sampler_accept(ms_sampler *s, int32_t token) { sampler_accept(s, token); }
+void ms_sampler_reset(ms_sampler *s) { sampler_reset(s); }

@@ -1,0 +1,96 @@
+/* util.c - error records, the hookable host allocator, clocks and size parsing. */
+#include "util.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+ms_status ms_fail(ms_err *e, ms_status status, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+        e->status = status;
+    }
+    return status;
+}
+
+static int (*alloc_hook)(void *ud);
+static void *alloc_hook_ud;
+
+void ms_set_alloc_hook(int (*hook)(void *ud), void *ud) {
+    alloc_hook = hook;
+    alloc_hook_ud = ud;
+}
+
+static int alloc_allowed(void) { return !alloc_hook || alloc_hook(alloc_hook_ud); }
+
+void *ms_malloc(size_t n) { return alloc_allowed() ? malloc(n ? n : 1) : NULL; }
+void *ms_calloc(size_t count, size_t size) {
+    return alloc_allowed() ? calloc(count ? count : 1, size ? size : 1) : NULL;
+}
+void *ms_realloc(void *p, size_t n) { return alloc_allowed() ? realloc(p, n ? n : 1) : NULL; }
+void ms_free(void *p) { free(p); }
+
+void *ms_malloc_aligned(size_t n) {
+    if (!alloc_allowed()) return NULL;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+    return p;
+}
+void ms_free_aligned(void *p) { free(p); }
+
+char *ms_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = ms_malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+double ms_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int ms_parse_size(const char *s, uint64_t *out) {
+    char *end;
+    if (!s || !*s) return -1;
+    double v = strtod(s, &end);
+    if (end == s || v < 0) return -1;
+    while (*end == ' ') end++;
+    double mul = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 'K': mul = 1024.0; end++; break;
+    case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    case '\0': break;
+    case 'B': break;
+    default: return -1;
+    }
+    if (*end == 'i' || *end == 'I') end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    double bytes = v * mul;
+    if (bytes > 1.8e19) return -1;
+    *out = (uint64_t)bytes;
+    return 0;
+}
+
+const char *ms_status_name(ms_status s) {
+    switch (s) {
+    case MS_OK: return "ok";
+    case MS_ERR_IO: return "I/O error";
+    case MS_ERR_FORMAT: return "bad file format";
+    case MS_ERR_UNSUPPORTED: return "unsupported";
+    case MS_ERR_NOMEM: return "out of memory";
+    case MS_ERR_ARG: return "bad argument";
+    case MS_ERR_CONTEXT: return "context full";
+    case MS_ERR_BUDGET: return "memory budget exceeded";
+    }
+    return "unknown error";
+}

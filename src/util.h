@@ -1,0 +1,52 @@
+/* util.h - errors, the one host allocator, timing and small helpers shared by every module.
+ * Not a dumping ground: anything with a concern of its own gets its own file. */
+#ifndef MS_UTIL_H
+#define MS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "moestream.h"
+
+/* An error record: a status and a readable one-line message. Library functions that can fail
+ * take an `ms_err *` (may be NULL) and return a status; only front ends print. */
+typedef ms_error ms_err;
+
+/* Records status and a printf-style message in e (if non-NULL). Returns status, so callers can
+ * write `return ms_fail(e, MS_ERR_FORMAT, "...")`. */
+ms_status ms_fail(ms_err *e, ms_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Host allocations go through these so tests can inject failures (see ms_set_alloc_hook).
+ * They return NULL on failure (never abort); ms_free(NULL) is a no-op. */
+void *ms_malloc(size_t n);
+void *ms_calloc(size_t count, size_t size);
+void *ms_realloc(void *p, size_t n);
+void ms_free(void *p);
+/* Aligned (64 B) allocation, freed with ms_free_aligned. */
+void *ms_malloc_aligned(size_t n);
+void ms_free_aligned(void *p);
+char *ms_strdup(const char *s);
+
+/* Test hook: when set, every ms_malloc/ms_calloc/ms_realloc first calls hook(ud) and fails the
+ * allocation if it returns 0. Process-wide; set it only from tests, before any other thread runs. */
+void ms_set_alloc_hook(int (*hook)(void *ud), void *ud);
+
+/* Monotonic time in seconds. */
+double ms_time(void);
+
+/* Parses "8G", "512M", "1.5GiB", "4096" into bytes. Returns 0 on success, -1 on bad input. */
+int ms_parse_size(const char *s, uint64_t *out);
+
+/* Overflow-checked size arithmetic: return 0 on success, -1 on overflow. */
+static inline int ms_mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    return __builtin_mul_overflow(a, b, out) ? -1 : 0;
+}
+static inline int ms_add_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    return __builtin_add_overflow(a, b, out) ? -1 : 0;
+}
+
+#define MS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Runs every test binary in BUILD against the fixtures; exits non-zero if any fails.
+# Usage: tests/run.sh BUILD_DIR FIXTURES_DIR
+build=${1:-build}
+fixtures=${2:-../shared/fixtures}
+if [ ! -d "$fixtures" ]; then
+    echo "tests: fixtures not found at $fixtures (expected ../shared/fixtures beside the checkout)" >&2
+    exit 1
+fi
+fail=0
+for t in "$build"/test_*; do
+    [ -x "$t" ] || continue
+    if ! "$t" "$fixtures"; then
+        echo "FAILED: $t" >&2
+        fail=1
+    fi
+done
+[ $fail -eq 0 ] && echo "all tests in $build passed"
+exit $fail
