@@ -138,11 +138,15 @@ typedef struct attn_job {
     int il, T, pos0;
 } attn_job;
 
+/* Rotates pairs (i, i + n_rot/2) of the first n_rot dims. The angle is formed in float32 as
+ * transformers does (inv_freq = 1 / base^(2i/n_rot), angle = pos * inv_freq), so long prompts
+ * see the same rounding as the reference. */
 static void rope_neox(float *v, int n_rot, int pos, float base) {
     int half = n_rot / 2;
     for (int i = 0; i < half; i++) {
-        double theta = pos * pow(base, -2.0 * i / n_rot);
-        float c = (float)cos(theta), s = (float)sin(theta);
+        float inv_freq = 1.0f / powf(base, (float)(2 * i) / (float)n_rot);
+        float theta = (float)pos * inv_freq;
+        float c = cosf(theta), s = sinf(theta);
         float a = v[i], b = v[i + half];
         v[i] = a * c - b * s;
         v[i + half] = a * s + b * c;

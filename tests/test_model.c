@@ -72,11 +72,115 @@ out:
     free(json);
 }
 
+/* Logits of every prompt position of a model file, [n_prompt][n_vocab] (malloc'd), or NULL. */
+static float *eval_prompt(const char *path, const int *prompt, int n_prompt, int *nv_out) {
+    ms_model *m = NULL;
+    ms_error err;
+    if (ms_model_load(path, NULL, &m, &err)) {
+        CHECK(0, "%s: load failed: %s", path, err.msg);
+        return NULL;
+    }
+    int nv = ms_n_vocab(m);
+    ms_context *c;
+    ms_context_params cp;
+    ms_context_params_default(&cp);
+    cp.n_ctx = 256;
+    if (ms_context_new(m, &cp, &c, &err)) {
+        CHECK(0, "context: %s", err.msg);
+        ms_model_free(m);
+        return NULL;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * n_prompt);
+    for (int i = 0; i < n_prompt; i++) ids[i] = prompt[i];
+    float *out = NULL;
+    if (ms_eval(c, ids, n_prompt, 1, &err) == MS_OK) {
+        out = malloc(sizeof(float) * (size_t)n_prompt * nv);
+        for (int i = 0; i < n_prompt; i++) memcpy(out + (size_t)i * nv, ms_logits(c, i), sizeof(float) * nv);
+    } else {
+        CHECK(0, "eval: %s", err.msg);
+    }
+    free(ids);
+    ms_context_free(c);
+    ms_model_free(m);
+    *nv_out = nv;
+    return out;
+}
+
+typedef struct agreement {
+    double max_kl;
+    int argmax;
+} agreement;
+
+static agreement compare(const float *ref, const float *got, int n, int nv) {
+    agreement a = {0, 0};
+    for (int i = 0; i < n; i++) {
+        double kl = t_kl(ref + (size_t)i * nv, got + (size_t)i * nv, nv);
+        if (kl > a.max_kl) a.max_kl = kl;
+        a.argmax += t_argmax(ref + (size_t)i * nv, nv) == t_argmax(got + (size_t)i * nv, nv);
+    }
+    return a;
+}
+
+/* A quantized file: ours against its exact reference must be no worse than llama.cpp's. */
+static void check_quant(const char *arch, const char *quant, const int *prompt, int n_prompt) {
+    char rel[256], path[4096];
+    snprintf(rel, sizeof rel, "small/%s/%s-%s.gguf", arch, arch, quant);
+    snprintf(path, sizeof path, "%s", t_path(rel));
+    int nv = 0;
+    float *got = eval_prompt(path, prompt, n_prompt, &nv);
+    if (!got) return;
+    size_t len_exact = 0, len_llama = 0;
+    const char *exact_name = strcmp(quant, "bf16") ? "exact-logits" : NULL;
+    float *exact;
+    if (exact_name) {
+        snprintf(rel, sizeof rel, "small/%s/%s-%s.exact-logits.f32", arch, arch, quant);
+        exact = t_read_file(t_path(rel), &len_exact);
+    } else {
+        snprintf(rel, sizeof rel, "small/%s/logits.f32", arch);
+        exact = t_read_file(t_path(rel), &len_exact);
+    }
+    snprintf(rel, sizeof rel, "small/%s/%s-%s.llamacpp-logits.f32", arch, arch, quant);
+    float *llama = t_read_file(t_path(rel), &len_llama);
+    size_t want = (size_t)n_prompt * nv * sizeof(float);
+    CHECK(exact && len_exact == want && llama && len_llama == want, "%s %s: reference files missing or of the wrong size",
+          arch, quant);
+    if (exact && llama && len_exact == want && len_llama == want) {
+        agreement ours = compare(exact, got, n_prompt, nv), theirs = compare(exact, llama, n_prompt, nv);
+        CHECK(ours.max_kl <= theirs.max_kl, "%s %s: max KL %.3g is above llama.cpp's %.3g", arch, quant, ours.max_kl,
+              theirs.max_kl);
+        CHECK(ours.argmax >= theirs.argmax, "%s %s: argmax agreement %d below llama.cpp's %d", arch, quant, ours.argmax,
+              theirs.argmax);
+        printf("  %-10s %-11s max KL %.2e (llama.cpp %.2e), argmax %d/%d (llama.cpp %d)\n", arch, quant, ours.max_kl,
+               theirs.max_kl, ours.argmax, n_prompt, theirs.argmax);
+    }
+    free(exact);
+    free(llama);
+    free(got);
+}
+
+static void check_small(const char *arch, const char **quants, int n) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "small/%s/ref.json", arch);
+    char *json = t_read_file(t_path(rel), NULL);
+    CHECK(json != NULL, "cannot read %s", rel);
+    if (!json) return;
+    int n_prompt = 0;
+    int *prompt = t_json_ints(json, "prompt_ids", &n_prompt);
+    CHECK(prompt && n_prompt > 0, "%s lacks prompt_ids", rel);
+    for (int i = 0; i < n && prompt; i++) check_quant(arch, quants[i], prompt, n_prompt);
+    free(prompt);
+    free(json);
+}
+
 int main(int argc, char **argv) {
     t_fixtures(argc, argv);
     const char *archs[] = {"qwen35moe", "qwen3next", "qwen3moe"};
     const char *types[] = {"f32", "bf16"};
     for (int a = 0; a < 3; a++)
         for (int t = 0; t < 2; t++) check_arch(archs[a], types[t]);
+    const char *q35[] = {"bf16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS", "MXFP4_MOE"};
+    check_small("qwen35moe", q35, (int)(sizeof q35 / sizeof q35[0]));
+    const char *q3[] = {"bf16", "Q8_0", "Q4_K_M"};
+    check_small("qwen3moe", q3, (int)(sizeof q3 / sizeof q3[0]));
     return t_done("test_model");
 }
