@@ -233,7 +233,7 @@ static void test_split_and_errors(void) {
     int parts = 0;
     CHECK(copy_model(src, tmp("split"), 1 << 20, NULL, &parts) == 0, "split copy");
     CHECK(parts >= 3, "expected >= 3 parts, got %d", parts);
-    char first[512], second[512];
+    char first[600], second[600];
     snprintf(first, sizeof first, "%s-00001-of-%05d.gguf", tmp("split"), parts);
     snprintf(second, sizeof second, "%s-00002-of-%05d.gguf", tmp("split"), parts);
     ms_err e;

@@ -125,3 +125,76 @@ int t_done(const char *name) {
     printf("%s: %d checks passed\n", name, t_checks);
     return 0;
 }
+
+static int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+char *t_json_string(const char *json, const char *key, size_t *len) {
+    const char *p = json_key(json, key);
+    if (!p || *p != '"') return NULL;
+    p++;
+    char *out = malloc(strlen(p) + 1), *o = out; /* unescaping never grows the text */
+    if (!out) return NULL;
+    while (*p && *p != '"') {
+        if (*p != '\\') {
+            *o++ = *p++;
+            continue;
+        }
+        p++;
+        char c = *p++;
+        unsigned cp;
+        switch (c) {
+        case 'n': *o++ = '\n'; break;
+        case 't': *o++ = '\t'; break;
+        case 'r': *o++ = '\r'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case '"': case '\\': case '/': *o++ = c; break;
+        case 'u':
+            if (hex4(p, &cp)) goto bad;
+            p += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && p[0] == '\\' && p[1] == 'u') {
+                unsigned lo;
+                if (hex4(p + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                    p += 6;
+                }
+            }
+            if (cp < 0x80) {
+                *o++ = (char)cp;
+            } else if (cp < 0x800) {
+                *o++ = (char)(0xc0 | cp >> 6);
+                *o++ = (char)(0x80 | (cp & 0x3f));
+            } else if (cp < 0x10000) {
+                *o++ = (char)(0xe0 | cp >> 12);
+                *o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+                *o++ = (char)(0x80 | (cp & 0x3f));
+            } else {
+                *o++ = (char)(0xf0 | cp >> 18);
+                *o++ = (char)(0x80 | (cp >> 12 & 0x3f));
+                *o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+                *o++ = (char)(0x80 | (cp & 0x3f));
+            }
+            break;
+        default: goto bad;
+        }
+    }
+    if (*p != '"') goto bad;
+    *o = 0;
+    if (len) *len = (size_t)(o - out);
+    return out;
+bad:
+    free(out);
+    return NULL;
+}

@@ -43,4 +43,9 @@ int t_json_number(const char *json, const char *key, double *out);
 /* Prints the summary line and returns the process exit code. */
 int t_done(const char *name);
 
+/* Reads the JSON string named key in a JSON text, undoing its escapes (\n, \", \uXXXX with
+ * surrogate pairs, ...). Returns a malloc'd NUL-terminated buffer (caller frees) and its length
+ * in *len (may be NULL; the text may hold NUL bytes), or NULL. Enough JSON for ref.json. */
+char *t_json_string(const char *json, const char *key, size_t *len);
+
 #endif
