@@ -27,7 +27,8 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/%)
 $(BUILD)/%_avx2.o: CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/%_avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
 
-.PHONY: all test clean san
+.PHONY: all test clean san-test deps
+.SECONDARY:
 all: moestream
 
 $(BUILD)/%.o: src/%.c $(wildcard src/*.h) include/moestream.h | $(BUILD)
@@ -53,14 +54,18 @@ $(BUILD) $(BUILD)/tests:
 
 FIXTURES ?= ../shared/fixtures
 # The test runner builds everything, runs each test binary, then the sanitizer build of the tests.
-test: all $(TEST_BIN)
+test: deps
+	$(MAKE) all $(TEST_BIN)
 	./tests/run.sh $(BUILD) $(FIXTURES)
 ifeq ($(SAN),0)
 	$(MAKE) SAN=1 OPT=-O1 san-test
 endif
 
-san-test: $(TEST_BIN)
+san-test: $(BUILD)/moestream $(TEST_BIN)
 	MS_SANITIZED=1 ./tests/run.sh $(BUILD) $(FIXTURES)
+
+deps:
+	@./scripts/install-deps.sh
 
 clean:
 	rm -rf build moestream

@@ -45,6 +45,7 @@ static void usage(FILE *out) {
           "  --temp T                  temperature (default 0.8; 0 = greedy)\n"
           "  --top-k N, --top-p P, --min-p P, --repeat-penalty R, --repeat-last-n N, --seed S\n"
           "  --experts-per-token K     route each token to K experts instead of the model's top-k\n"
+          "  --ignore-eos              run: keep generating past end-of-generation tokens\n"
           "  --no-special              tokenize: treat <|...|> control tokens as plain text\n"
           "  --ids FILE, -o FILE       logits: input token ids and output file\n",
           out);
@@ -52,7 +53,7 @@ static void usage(FILE *out) {
 
 typedef struct opts {
     const char *model, *prompt, *file, *ids, *out, *text;
-    int n_predict, threads, n_ctx, n_batch, experts, no_special;
+    int n_predict, threads, n_ctx, n_batch, experts, no_special, ignore_eos;
     ms_sampler_params sp;
 } opts;
 
@@ -98,6 +99,7 @@ static void parse_opts(int argc, char **argv, opts *o) {
             o->sp.seed = s < 0 ? MS_SEED_RANDOM : (uint64_t)s;
         } else if (!strcmp(a, "--experts-per-token")) o->experts = (int)parse_int(a, ARG(), 1, 1 << 16);
         else if (!strcmp(a, "--no-special")) o->no_special = 1;
+        else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
         else if (!strcmp(a, "--ids")) o->ids = ARG();
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o->out = ARG();
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
@@ -239,7 +241,11 @@ static int cmd_logits(const opts *o) {
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX) die("%s: not a token id at '%.20s'", o->ids, p);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            int w = 0;
+            while (w < 20 && p[w] && p[w] != ' ' && p[w] != '\n' && p[w] != '\t' && p[w] != '\r') w++;
+            die("%s: not a token id: '%.*s'", o->ids, w, p);
+        }
         if (n == cap) ids = realloc(ids, sizeof(int32_t) * (cap *= 2));
         ids[n++] = (int32_t)v;
         p = end;
@@ -301,7 +307,7 @@ static int cmd_run(const opts *o) {
         int32_t tok = ms_sample(s, ms_logits(c, -1));
         ms_sampler_accept(s, tok);
         gen++;
-        if (ms_token_is_eog(m, tok)) break;
+        if (!o->ignore_eos && ms_token_is_eog(m, tok)) break;
         size_t k;
         const char *piece = ms_detok_push(d, tok, &k);
         fwrite(piece, 1, k, stdout);

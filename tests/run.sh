@@ -15,5 +15,8 @@ for t in "$build"/test_*; do
         fail=1
     fi
 done
+if [ -x "$build/moestream" ]; then
+    "$(dirname "$0")/cli.sh" "$build/moestream" "$fixtures" || fail=1
+fi
 [ $fail -eq 0 ] && echo "all tests in $build passed"
 exit $fail
