@@ -123,6 +123,16 @@ int ms_context_n_ctx(const ms_context *c);
 /* Forgets the sequence (position 0). */
 void ms_context_reset(ms_context *c);
 
+/* Prefix reuse (a chat's next turn, a server's next request). The ids evaluated so far are
+ * ms_context_tokens()[0..pos). To continue from a shared prefix of length n, move back with
+ * ms_context_rewind(c, ms_context_resume_point(c, n)) and evaluate the rest. Models with
+ * recurrent layers (qwen3next, qwen35moe) can only return to positions saved with
+ * ms_context_checkpoint (the last few are kept) or to 0; attention-only models to any position. */
+const int32_t *ms_context_tokens(const ms_context *c);
+ms_status ms_context_checkpoint(ms_context *c, ms_error *err);
+int ms_context_resume_point(const ms_context *c, int n);
+ms_status ms_context_rewind(ms_context *c, int pos, ms_error *err);
+
 typedef struct ms_stats {
     uint64_t tokens;
     double t_attn, t_route, t_expert_wait, t_expert_compute, t_other; /* seconds */

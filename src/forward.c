@@ -42,6 +42,15 @@ struct ms_fwd {
     float *logits;               /* [n_batch or 1][n_vocab] */
     int n_logits;
     ms_timing timing;
+    int32_t *history;            /* [n_ctx]: the token at each position */
+    /* recurrent-state snapshots, so a shared prefix can be resumed (see fwd_checkpoint) */
+    struct {
+        int pos;                 /* -1: empty */
+        float *state;            /* every GDN layer's conv then ssm state, concatenated */
+        uint64_t used;           /* for replacing the least recently used */
+    } ckpt[MS_N_CHECKPOINTS];
+    size_t state_floats;         /* floats in one snapshot */
+    uint64_t ckpt_clock;
 };
 
 /* ------------------------------------------------------------------ small math */
@@ -553,6 +562,7 @@ int fwd_eval(ms_fwd *f, const int32_t *tokens, int n, int all_logits, ms_err *e)
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
             return ms_fail(e, MS_ERR_ARG, "token id %d out of range [0, %d)", tokens[i], hp->n_vocab);
+    memcpy(f->history + f->pos, tokens, sizeof(int32_t) * (size_t)n);
     f->n_logits = 0;
     for (int done = 0; done < n;) {
         int T = MS_MIN(f->n_batch, n - done);
@@ -572,10 +582,80 @@ int fwd_pos(const ms_fwd *f) { return f->pos; }
 int fwd_n_ctx(const ms_fwd *f) { return f->n_ctx; }
 const ms_timing *fwd_timing(const ms_fwd *f) { return &f->timing; }
 
+const int32_t *fwd_history(const ms_fwd *f) { return f->history; }
+
+/* Copies every GDN layer's state into (save) or out of (!save) buf. */
+static void state_copy(ms_fwd *f, float *buf, int save) {
+    const ms_hparams *hp = &f->m->hp;
+    size_t conv = (size_t)(hp->d_conv - 1) * hp->conv_dim, ssm = (size_t)hp->n_v_heads * hp->d_v * hp->d_k;
+    for (int il = 0; il < hp->n_layer; il++) {
+        if (!f->conv_state[il]) continue;
+        if (save) {
+            memcpy(buf, f->conv_state[il], sizeof(float) * conv);
+            memcpy(buf + conv, f->ssm_state[il], sizeof(float) * ssm);
+        } else {
+            memcpy(f->conv_state[il], buf, sizeof(float) * conv);
+            memcpy(f->ssm_state[il], buf + conv, sizeof(float) * ssm);
+        }
+        buf += conv + ssm;
+    }
+}
+
+int fwd_checkpoint(ms_fwd *f, ms_err *e) {
+    if (!f->state_floats || f->pos == 0) return MS_OK; /* nothing recurrent to remember */
+    int slot = 0;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) {
+        if (f->ckpt[i].pos == f->pos) { slot = i; break; }
+        if (f->ckpt[i].used < f->ckpt[slot].used) slot = i;
+    }
+    if (!f->ckpt[slot].state) {
+        f->ckpt[slot].state = ms_malloc_aligned(sizeof(float) * f->state_floats);
+        if (!f->ckpt[slot].state) return ms_fail(e, MS_ERR_NOMEM, "out of memory saving a state checkpoint");
+    }
+    state_copy(f, f->ckpt[slot].state, 1);
+    f->ckpt[slot].pos = f->pos;
+    f->ckpt[slot].used = ++f->ckpt_clock;
+    return MS_OK;
+}
+
+int fwd_resume_point(const ms_fwd *f, int pos) {
+    if (pos >= f->pos) return f->pos;
+    if (!f->state_floats) return pos; /* attention only: the KV cache is simply cut */
+    int best = 0;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++)
+        if (f->ckpt[i].pos <= pos && f->ckpt[i].pos > best) best = f->ckpt[i].pos;
+    return best;
+}
+
+int fwd_truncate(ms_fwd *f, int pos, ms_err *e) {
+    if (pos < 0 || pos > f->pos) return ms_fail(e, MS_ERR_ARG, "cannot move to position %d (at %d)", pos, f->pos);
+    if (pos == f->pos) return MS_OK;
+    if (pos == 0) {
+        fwd_reset(f);
+        return MS_OK;
+    }
+    if (f->state_floats) {
+        int i;
+        for (i = 0; i < MS_N_CHECKPOINTS; i++)
+            if (f->ckpt[i].pos == pos) break;
+        if (i == MS_N_CHECKPOINTS)
+            return ms_fail(e, MS_ERR_ARG, "no recurrent-state checkpoint at position %d", pos);
+        state_copy(f, f->ckpt[i].state, 0);
+        f->ckpt[i].used = ++f->ckpt_clock;
+    }
+    /* checkpoints beyond the new end describe another continuation */
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++)
+        if (f->ckpt[i].pos > pos) f->ckpt[i].pos = -1;
+    f->pos = pos;
+    f->n_logits = 0;
+    return MS_OK;
+}
+
 void fwd_reset(ms_fwd *f) {
     const ms_hparams *hp = &f->m->hp;
     f->pos = 0;
     f->n_logits = 0;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) f->ckpt[i].pos = -1;
     for (int il = 0; il < hp->n_layer; il++) {
         if (f->conv_state[il]) memset(f->conv_state[il], 0, sizeof(float) * (size_t)(hp->d_conv - 1) * hp->conv_dim);
         if (f->ssm_state[il]) memset(f->ssm_state[il], 0, sizeof(float) * (size_t)hp->n_v_heads * hp->d_v * hp->d_k);
@@ -671,6 +751,11 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->thread_buf_len = (longest + 15) & ~(size_t)15;
     f->thread_buf = alloc_f((size_t)f->nth * f->thread_buf_len, &fail);
     f->logits = alloc_f(T * (size_t)hp->n_vocab, &fail);
+    f->history = alloc_i((size_t)n_ctx, &fail);
+    for (size_t il = 0; il < L; il++)
+        if (m->layers[il].kind == MS_LAYER_GDN)
+            f->state_floats += (size_t)(hp->d_conv - 1) * hp->conv_dim + (size_t)hp->n_v_heads * hp->d_v * hp->d_k;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) f->ckpt[i].pos = -1;
     if (fail) {
         size_t kv_bytes = 0;
         for (size_t il = 0; il < L; il++)
@@ -708,5 +793,7 @@ void fwd_free(ms_fwd *f) {
     ms_free(f->exp_index);
     ms_free(f->slot_tok);
     ms_free(f->refs);
+    ms_free(f->history);
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) ms_free_aligned(f->ckpt[i].state);
     ms_free(f);
 }

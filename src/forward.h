@@ -36,6 +36,19 @@ int fwd_n_logits(const ms_fwd *f);
 
 int fwd_pos(const ms_fwd *f);
 int fwd_n_ctx(const ms_fwd *f);
+/* The token at each position so far, [fwd_pos]. */
+const int32_t *fwd_history(const ms_fwd *f);
+
+/* Prefix reuse. The KV cache can be cut at any position, but Gated DeltaNet state cannot be
+ * rewound: fwd_checkpoint snapshots it at the current position (the MS_N_CHECKPOINTS most
+ * recently used snapshots are kept), and fwd_truncate can return to 0, to the current position,
+ * or (for recurrent models) to a checkpointed one. */
+#define MS_N_CHECKPOINTS 4
+int fwd_checkpoint(ms_fwd *f, ms_err *e);
+/* The furthest position <= pos that fwd_truncate can return to. */
+int fwd_resume_point(const ms_fwd *f, int pos);
+int fwd_truncate(ms_fwd *f, int pos, ms_err *e);
+
 /* Forgets everything: position 0, empty KV cache, zero recurrent state. */
 void fwd_reset(ms_fwd *f);
 const ms_timing *fwd_timing(const ms_fwd *f);

@@ -188,6 +188,10 @@ const float *ms_logits(const ms_context *c, int i) {
 int ms_context_pos(const ms_context *c) { return fwd_pos(c->fwd); }
 int ms_context_n_ctx(const ms_context *c) { return fwd_n_ctx(c->fwd); }
 void ms_context_reset(ms_context *c) { fwd_reset(c->fwd); }
+const int32_t *ms_context_tokens(const ms_context *c) { return fwd_history(c->fwd); }
+ms_status ms_context_checkpoint(ms_context *c, ms_error *err) { return (ms_status)fwd_checkpoint(c->fwd, err); }
+int ms_context_resume_point(const ms_context *c, int n) { return fwd_resume_point(c->fwd, n); }
+ms_status ms_context_rewind(ms_context *c, int pos, ms_error *err) { return (ms_status)fwd_truncate(c->fwd, pos, err); }
 
 void ms_context_stats(const ms_context *c, ms_stats *o) {
     const ms_timing *t = fwd_timing(c->fwd);
