@@ -104,9 +104,12 @@ void ms_detok_free(ms_detok *d);
 /* ---- contexts ---- */
 
 typedef struct ms_context_params {
-    int n_ctx;     /* positions (default 4096, capped at the model's training context) */
-    int n_batch;   /* tokens per forward call (default 512) */
-    int n_threads; /* 0: every online CPU */
+    int n_ctx;         /* positions (default 4096) */
+    int n_batch;       /* tokens per forward pass (default 512) */
+    int n_threads;     /* 0: every online CPU */
+    int gpu;           /* 1: the CUDA backend (needs a CUDA build) */
+    int gpu_device;    /* CUDA device index */
+    uint64_t gpu_mem;  /* VRAM budget in bytes for the GPU backend (0: what is free) */
 } ms_context_params;
 
 void ms_context_params_default(ms_context_params *p);
@@ -122,6 +125,8 @@ int ms_context_pos(const ms_context *c);
 int ms_context_n_ctx(const ms_context *c);
 /* Forgets the sequence (position 0). */
 void ms_context_reset(ms_context *c);
+/* "cpu" or "cuda". */
+const char *ms_context_backend(const ms_context *c);
 
 /* Prefix reuse (a chat's next turn, a server's next request). The ids evaluated so far are
  * ms_context_tokens()[0..pos). To continue from a shared prefix of length n, move back with

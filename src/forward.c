@@ -797,3 +797,57 @@ void fwd_free(ms_fwd *f) {
     for (int i = 0; i < MS_N_CHECKPOINTS; i++) ms_free_aligned(f->ckpt[i].state);
     ms_free(f);
 }
+
+/* ------------------------------------------------------------------ the CPU backend table */
+
+typedef struct cpu_ctx {
+    ms_pool *pool;
+    ms_fwd *fwd;
+} cpu_ctx;
+
+static void cpu_destroy(void *ctx) {
+    cpu_ctx *c = ctx;
+    if (!c) return;
+    fwd_free(c->fwd);
+    pool_free(c->pool);
+    ms_free(c);
+}
+
+static void *cpu_create(const struct ms_model *m, ms_store *store, const ms_backend_params *p, ms_err *e) {
+    cpu_ctx *c = ms_calloc(1, sizeof *c);
+    if (!c) {
+        ms_fail(e, MS_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    c->pool = pool_new(p->n_threads > 0 ? p->n_threads : ms_cpu_count());
+    if (!c->pool) {
+        ms_fail(e, MS_ERR_NOMEM, "cannot start worker threads");
+        cpu_destroy(c);
+        return NULL;
+    }
+    c->fwd = fwd_new(m, store, c->pool, p->n_ctx, p->n_batch, e);
+    if (!c->fwd) {
+        cpu_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+#define FWD(ctx) (((cpu_ctx *)(ctx))->fwd)
+#define CFWD(ctx) (((const cpu_ctx *)(ctx))->fwd)
+static int cpu_eval(void *c, const int32_t *t, int n, int all, ms_err *e) { return fwd_eval(FWD(c), t, n, all, e); }
+static const float *cpu_logits(const void *c, int i) { return fwd_logits(CFWD(c), i); }
+static int cpu_n_logits(const void *c) { return fwd_n_logits(CFWD(c)); }
+static int cpu_pos(const void *c) { return fwd_pos(CFWD(c)); }
+static int cpu_n_ctx(const void *c) { return fwd_n_ctx(CFWD(c)); }
+static const int32_t *cpu_history(const void *c) { return fwd_history(CFWD(c)); }
+static int cpu_checkpoint(void *c, ms_err *e) { return fwd_checkpoint(FWD(c), e); }
+static int cpu_resume_point(const void *c, int pos) { return fwd_resume_point(CFWD(c), pos); }
+static int cpu_truncate(void *c, int pos, ms_err *e) { return fwd_truncate(FWD(c), pos, e); }
+static void cpu_reset(void *c) { fwd_reset(FWD(c)); }
+static const ms_timing *cpu_timing(const void *c) { return fwd_timing(CFWD(c)); }
+
+const ms_backend ms_backend_cpu = {
+    "cpu", cpu_create, cpu_destroy, cpu_eval, cpu_logits, cpu_n_logits, cpu_pos, cpu_n_ctx, cpu_history,
+    cpu_checkpoint, cpu_resume_point, cpu_truncate, cpu_reset, cpu_timing,
+};

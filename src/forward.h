@@ -8,14 +8,10 @@
 
 #include <stdint.h>
 
+#include "backend.h"
 #include "experts.h"
 #include "model.h"
 #include "threads.h"
-
-typedef struct ms_timing {
-    double attn, route, expert_wait, expert_compute, other; /* seconds, accumulated */
-    uint64_t tokens;
-} ms_timing;
 
 typedef struct ms_fwd ms_fwd;
 

@@ -4,19 +4,18 @@
 #include <string.h>
 
 #include "experts.h"
-#include "forward.h"
+#include "backend.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
 #include "sampler.h"
-#include "threads.h"
 #include "tokenizer.h"
 #include "util.h"
 
 struct ms_context {
     ms_model *m;
-    ms_pool *pool;
-    ms_fwd *fwd;
+    const ms_backend *be;
+    void *ctx;
 };
 
 void ms_model_params_default(ms_model_params *p) { memset(p, 0, sizeof *p); }
@@ -142,27 +141,33 @@ void ms_detok_free(ms_detok *d) {
 /* ---- contexts ---- */
 
 void ms_context_params_default(ms_context_params *p) {
+    memset(p, 0, sizeof *p);
     p->n_ctx = 4096;
     p->n_batch = 512;
-    p->n_threads = 0;
 }
 
 ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **out, ms_error *err) {
     ms_context_params def;
     if (!p) ms_context_params_default(&def), p = &def;
     *out = NULL;
-    int n_ctx = p->n_ctx > 0 ? p->n_ctx : 4096;
+    ms_backend_params bp = {0};
+    bp.n_ctx = p->n_ctx > 0 ? p->n_ctx : 4096;
+    bp.n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    bp.n_threads = p->n_threads;
+    bp.gpu_mem = p->gpu_mem;
+    bp.gpu_device = p->gpu_device;
+    const ms_backend *be = &ms_backend_cpu;
+    if (p->gpu) {
+        be = ms_backend_cuda();
+        if (!be) return ms_fail(err, MS_ERR_UNSUPPORTED, "this moestream was built without CUDA (rebuild with make CUDA=1)");
+    }
     ms_context *c = ms_calloc(1, sizeof *c);
     if (!c) return ms_fail(err, MS_ERR_NOMEM, "out of memory");
     c->m = m;
-    c->pool = pool_new(p->n_threads > 0 ? p->n_threads : ms_cpu_count());
-    if (!c->pool) {
+    c->be = be;
+    c->ctx = be->create(m, m->store, &bp, err);
+    if (!c->ctx) {
         ms_free(c);
-        return ms_fail(err, MS_ERR_NOMEM, "cannot start worker threads");
-    }
-    c->fwd = fwd_new(m, m->store, c->pool, n_ctx, p->n_batch > 0 ? p->n_batch : 512, err);
-    if (!c->fwd) {
-        ms_context_free(c);
         return err ? err->status : MS_ERR_NOMEM;
     }
     *out = c;
@@ -171,30 +176,30 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
 
 void ms_context_free(ms_context *c) {
     if (!c) return;
-    fwd_free(c->fwd);
-    pool_free(c->pool);
+    c->be->destroy(c->ctx);
     ms_free(c);
 }
 
 ms_status ms_eval(ms_context *c, const int32_t *tokens, int n, int all_logits, ms_error *err) {
-    return (ms_status)fwd_eval(c->fwd, tokens, n, all_logits, err);
+    return (ms_status)c->be->eval(c->ctx, tokens, n, all_logits, err);
 }
 
 const float *ms_logits(const ms_context *c, int i) {
-    if (i < 0) i = fwd_n_logits(c->fwd) - 1;
-    return fwd_logits(c->fwd, i);
+    if (i < 0) i = c->be->n_logits(c->ctx) - 1;
+    return c->be->logits(c->ctx, i);
 }
 
-int ms_context_pos(const ms_context *c) { return fwd_pos(c->fwd); }
-int ms_context_n_ctx(const ms_context *c) { return fwd_n_ctx(c->fwd); }
-void ms_context_reset(ms_context *c) { fwd_reset(c->fwd); }
-const int32_t *ms_context_tokens(const ms_context *c) { return fwd_history(c->fwd); }
-ms_status ms_context_checkpoint(ms_context *c, ms_error *err) { return (ms_status)fwd_checkpoint(c->fwd, err); }
-int ms_context_resume_point(const ms_context *c, int n) { return fwd_resume_point(c->fwd, n); }
-ms_status ms_context_rewind(ms_context *c, int pos, ms_error *err) { return (ms_status)fwd_truncate(c->fwd, pos, err); }
+int ms_context_pos(const ms_context *c) { return c->be->pos(c->ctx); }
+int ms_context_n_ctx(const ms_context *c) { return c->be->n_ctx(c->ctx); }
+void ms_context_reset(ms_context *c) { c->be->reset(c->ctx); }
+const int32_t *ms_context_tokens(const ms_context *c) { return c->be->history(c->ctx); }
+ms_status ms_context_checkpoint(ms_context *c, ms_error *err) { return (ms_status)c->be->checkpoint(c->ctx, err); }
+int ms_context_resume_point(const ms_context *c, int n) { return c->be->resume_point(c->ctx, n); }
+ms_status ms_context_rewind(ms_context *c, int pos, ms_error *err) { return (ms_status)c->be->truncate(c->ctx, pos, err); }
+const char *ms_context_backend(const ms_context *c) { return c->be->name; }
 
 void ms_context_stats(const ms_context *c, ms_stats *o) {
-    const ms_timing *t = fwd_timing(c->fwd);
+    const ms_timing *t = c->be->timing(c->ctx);
     ms_store_stats st;
     experts_stats(c->m->store, &st);
     memset(o, 0, sizeof *o);

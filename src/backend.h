@@ -1,0 +1,54 @@
+/* backend.h - the one table every compute backend implements: a context that evaluates tokens
+ * through a model and keeps its sequence state (KV cache, recurrent state, checkpoints).
+ *
+ * The CPU backend (forward.c) is the reference; the CUDA backend (cuda.cu) must agree with it.
+ * The facade (moestream.c) picks one; nothing else knows which is in use.
+ */
+#ifndef MS_BACKEND_H
+#define MS_BACKEND_H
+
+#include <stdint.h>
+
+#include "experts.h"
+#include "model.h"
+#include "util.h"
+
+typedef struct ms_timing {
+    double attn, route, expert_wait, expert_compute, other; /* seconds, accumulated */
+    uint64_t tokens;
+} ms_timing;
+
+typedef struct ms_backend_params {
+    int n_ctx;          /* positions */
+    int n_batch;        /* tokens per forward pass */
+    int n_threads;      /* CPU threads (0: all) */
+    uint64_t gpu_mem;   /* GPU: VRAM budget in bytes (0: what is free) */
+    int gpu_device;     /* GPU: device index */
+} ms_backend_params;
+
+typedef struct ms_backend {
+    const char *name;
+    /* Returns an opaque context or NULL with e filled. The model and store are borrowed. */
+    void *(*create)(const struct ms_model *m, ms_store *store, const ms_backend_params *p, ms_err *e);
+    void (*destroy)(void *ctx);
+    /* Evaluates tokens[0..n) after the current position; see fwd_eval for the contract. */
+    int (*eval)(void *ctx, const int32_t *tokens, int n, int all_logits, ms_err *e);
+    const float *(*logits)(const void *ctx, int i);
+    int (*n_logits)(const void *ctx);
+    int (*pos)(const void *ctx);
+    int (*n_ctx)(const void *ctx);
+    const int32_t *(*history)(const void *ctx);
+    int (*checkpoint)(void *ctx, ms_err *e);
+    int (*resume_point)(const void *ctx, int pos);
+    int (*truncate)(void *ctx, int pos, ms_err *e);
+    void (*reset)(void *ctx);
+    const ms_timing *(*timing)(const void *ctx);
+} ms_backend;
+
+extern const ms_backend ms_backend_cpu;
+
+/* The CUDA backend, or NULL when this build has none (built without CUDA=1). When it exists
+ * but no GPU is usable, its create() fails with a message. */
+const ms_backend *ms_backend_cuda(void);
+
+#endif
