@@ -1,29 +1,37 @@
-/* threads.c - the worker pool (see threads.h). Between jobs a worker spins briefly on the job
- * counter before sleeping on a condition variable: decode issues many small jobs per token, and
- * a futex wake per job would cost more than the work. Items are claimed with an atomic counter,
- * so uneven items balance themselves. */
+/* threads.c - the worker pool (see threads.h).
+ *
+ * Items are claimed from one 64-bit word that holds (job generation, item count, next item), so
+ * a claim is valid only for the job it was made in. The caller takes items too and waits only
+ * for items that were actually claimed: a worker that the OS has not scheduled (another process
+ * holds the core) does not stall the job, the caller just does its share. Between jobs a worker
+ * spins briefly before sleeping on a condition variable: decode issues many small jobs per
+ * token, and a futex wake per job would cost more than the work.
+ */
 #include "threads.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
 #include "util.h"
 
 #define SPIN_SECONDS 0.0005
+#define GEN_SHIFT 40
+#define N_SHIFT 20
+#define FIELD (((uint64_t)1 << 20) - 1)
 
 struct ms_pool {
     int n;
     pthread_t *tid;
     pthread_mutex_t mu;
     pthread_cond_t wake;
-    atomic_uint_fast64_t generation; /* bumped per job */
+    atomic_uint_fast64_t claim; /* generation << 40 | n_items << 20 | next item */
+    atomic_int done;            /* items finished in the current job */
     atomic_int quit;
-    atomic_int pending;              /* workers still in the current job */
+    uint64_t gen;               /* caller side: the current generation */
     ms_task_fn fn;
     void *ctx;
-    int n_items;
-    atomic_int next;
 };
 
 typedef struct worker_arg {
@@ -37,11 +45,18 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void run_items(ms_pool *p, int thread) {
+/* Claims and runs items of generation gen until none are left (or the job changed). */
+static void run_items(ms_pool *p, uint64_t gen, int thread) {
+    uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
-        int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= p->n_items) break;
-        p->fn(p->ctx, i, thread);
+        if ((c >> GEN_SHIFT) != gen) return;
+        uint64_t n = (c >> N_SHIFT) & FIELD, next = c & FIELD;
+        if (next >= n) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel, memory_order_acquire))
+            continue;
+        p->fn(p->ctx, (int)next, thread);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        c = atomic_load_explicit(&p->claim, memory_order_acquire);
     }
 }
 
@@ -49,7 +64,7 @@ static void run_items(ms_pool *p, int thread) {
 static uint64_t wait_job(ms_pool *p, uint64_t seen) {
     double t0 = 0;
     for (unsigned spins = 0;; spins++) {
-        uint64_t g = atomic_load_explicit(&p->generation, memory_order_acquire);
+        uint64_t g = atomic_load_explicit(&p->claim, memory_order_acquire) >> GEN_SHIFT;
         if (g != seen || atomic_load(&p->quit)) return g;
         cpu_relax();
         if ((spins & 255) == 0) {
@@ -60,7 +75,8 @@ static uint64_t wait_job(ms_pool *p, uint64_t seen) {
     }
     pthread_mutex_lock(&p->mu);
     uint64_t g;
-    while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->quit)) pthread_cond_wait(&p->wake, &p->mu);
+    while ((g = atomic_load(&p->claim) >> GEN_SHIFT) == seen && !atomic_load(&p->quit))
+        pthread_cond_wait(&p->wake, &p->mu);
     pthread_mutex_unlock(&p->mu);
     return g;
 }
@@ -73,8 +89,7 @@ static void *worker(void *arg) {
     for (;;) {
         seen = wait_job(p, seen);
         if (atomic_load(&p->quit)) break;
-        run_items(p, wa.id);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        run_items(p, seen, wa.id);
     }
     return NULL;
 }
@@ -124,19 +139,27 @@ void pool_run(ms_pool *p, ms_task_fn fn, void *ctx, int n) {
         for (int i = 0; i < n; i++) fn(ctx, i, 0);
         return;
     }
+    if ((uint64_t)n > FIELD) { /* more items than a claim word counts: callers never ask for that */
+        for (int i = 0; i < n; i++) fn(ctx, i, 0);
+        return;
+    }
     p->fn = fn;
     p->ctx = ctx;
-    p->n_items = n;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    /* publish the job, then wake sleepers; a worker checks the generation under the mutex
-     * before sleeping, so taking the mutex here cannot lose a wake-up */
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    p->gen = (p->gen + 1) & ((1u << 24) - 1);
+    if (p->gen == 0) p->gen = 1; /* workers start having seen 0 */
+    atomic_store_explicit(&p->claim, p->gen << GEN_SHIFT | (uint64_t)n << N_SHIFT, memory_order_release);
+    /* wake sleepers; a worker checks the generation under the mutex before sleeping, so taking
+     * the mutex here cannot lose a wake-up */
     pthread_mutex_lock(&p->mu);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
-    run_items(p, 0);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) cpu_relax();
+    run_items(p, p->gen, 0);
+    /* every item is claimed; wait for those still running elsewhere */
+    for (unsigned spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n; spins++) {
+        cpu_relax();
+        if ((spins & 1023) == 1023) sched_yield(); /* the claimant may be waiting for this core */
+    }
 }
 
 int ms_cpu_count(void) {
