@@ -8,19 +8,51 @@ ifeq ($(SAN),1)
 BUILD   := build/san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
+# CUDA=1 adds the GPU backend (src/cuda.cu, built by nvcc) in place of its stand-in
+# src/backend_none.c, with objects in $(BUILD)/cuda. Plain `make` never needs the CUDA toolkit.
+CUDA    ?= 0
+ifeq ($(CUDA),1)
+NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+ifeq ($(NVCC),)
+$(error ✗ nvcc not found: install the CUDA toolkit, or run make CUDA=1 NVCC=/path/to/nvcc)
+endif
+CUDA_HOME ?= $(abspath $(dir $(NVCC))/..)
+$(info ✓ nvcc found: $(NVCC) ($(shell $(NVCC) --version | grep -o 'release [0-9.]*')))
+BUILD   := $(BUILD)/cuda
+# Hopper machine code plus PTX, which the driver compiles for other GPUs at load time.
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCCFLAGS ?= -O2 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra$(if $(WERROR),$(comma)-Werror)
+comma := ,
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+endif
 OPT     ?= -O2
 WERROR  ?=
 CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra $(WERROR) -D_GNU_SOURCE -Iinclude -Isrc -pthread $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
 LDLIBS  += -lm
 
+# Debian packages (scripts/install-deps.sh): jansson for the library's chat code, libmicrohttpd and
+# libedit for the server and chat front ends.
+PKG_CFLAGS := $(shell pkg-config --cflags jansson libmicrohttpd libedit 2>/dev/null)
+LIB_LIBS   := $(or $(shell pkg-config --libs jansson 2>/dev/null),-ljansson)
+FRONT_LIBS := $(or $(shell pkg-config --libs libmicrohttpd libedit 2>/dev/null),-lmicrohttpd -ledit)
+CFLAGS  += $(PKG_CFLAGS)
+LDLIBS  += $(LIB_LIBS)
+
 ARCH := $(shell uname -m)
-LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+# Front ends (they print) link into the binary, not the library.
+FRONT_SRC := src/main.c src/front.c src/chat_cli.c src/server.c
+FRONT_OBJ := $(FRONT_SRC:src/%.c=$(BUILD)/%.o)
+LIB_SRC := $(filter-out $(FRONT_SRC),$(wildcard src/*.c))
 # SIMD kernel files are compiled with their own target flags and chosen at run time.
 ifneq ($(ARCH),x86_64)
 LIB_SRC := $(filter-out src/%_avx2.c src/%_avx512.c,$(LIB_SRC))
 endif
 LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/%.o)
+ifeq ($(CUDA),1)
+LIB_OBJ := $(filter-out $(BUILD)/backend_none.o,$(LIB_OBJ)) $(BUILD)/cuda.o
+LDLIBS  += $(CUDA_LIBS)
+endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/%)
 
@@ -37,11 +69,18 @@ $(BUILD)/%.o: src/%.c $(wildcard src/*.h) include/moestream.h | $(BUILD)
 $(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h) $(wildcard tests/*.h) | $(BUILD)/tests
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(BUILD)/cuda.o: src/cuda.cu $(wildcard src/*.h) include/moestream.h | $(BUILD)
+	$(NVCC) $(NVCCFLAGS) -Iinclude -Isrc -D_GNU_SOURCE -c $< -o $@
+
+# Benchmarks (bench/bench_*.c) are programs over the library, built on request: make build/bench_gpu
+$(BUILD)/bench_%: bench/bench_%.c $(BUILD)/libmoestream.a
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
 $(BUILD)/libmoestream.a: $(LIB_OBJ)
 	rm -f $@; ar rcs $@ $^
 
-$(BUILD)/moestream: $(BUILD)/main.o $(BUILD)/libmoestream.a
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/moestream: $(FRONT_OBJ) $(BUILD)/libmoestream.a
+	$(CC) $(LDFLAGS) $^ $(FRONT_LIBS) $(LDLIBS) -o $@
 
 moestream: $(BUILD)/moestream
 	cp $< $@
@@ -57,7 +96,7 @@ FIXTURES ?= ../shared/fixtures
 test: deps
 	$(MAKE) all $(TEST_BIN)
 	./tests/run.sh $(BUILD) $(FIXTURES)
-ifeq ($(SAN),0)
+ifeq ($(SAN)$(CUDA),00)
 	$(MAKE) SAN=1 OPT=-O1 san-test
 endif
 

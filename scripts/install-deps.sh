@@ -4,7 +4,9 @@
 set -eu
 need=""
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in gcc make libc6-dev; do
+# libjansson-dev: JSON (chat templates, server); libmicrohttpd-dev: HTTP server; libedit-dev: chat
+# line editing; pkg-config: their flags. python3: the test drivers for the server and the chat.
+for pkg in gcc make libc6-dev pkg-config libjansson-dev libmicrohttpd-dev libedit-dev python3; do
     have_pkg "$pkg" || need="$need $pkg"
 done
 [ -z "$need" ] && exit 0

@@ -16,6 +16,8 @@
 typedef struct ms_timing {
     double attn, route, expert_wait, expert_compute, other; /* seconds, accumulated */
     uint64_t tokens;
+    /* a backend's own expert cache (CUDA: VRAM): experts looked up, found, bytes copied in */
+    uint64_t cache_requests, cache_hits, cache_bytes_in;
 } ms_timing;
 
 typedef struct ms_backend_params {
@@ -43,6 +45,9 @@ typedef struct ms_backend {
     int (*truncate)(void *ctx, int pos, ms_err *e);
     void (*reset)(void *ctx);
     const ms_timing *(*timing)(const void *ctx);
+    /* host memory the context allocated (KV cache, state, scratch), for the memory budget;
+     * may be NULL (counted as 0) */
+    uint64_t (*host_bytes)(const void *ctx);
 } ms_backend;
 
 extern const ms_backend ms_backend_cpu;

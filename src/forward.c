@@ -43,6 +43,7 @@ struct ms_fwd {
     int n_logits;
     ms_timing timing;
     int32_t *history;            /* [n_ctx]: the token at each position */
+    uint64_t host_bytes;         /* everything allocated for this context */
     /* recurrent-state snapshots, so a shared prefix can be resumed (see fwd_checkpoint) */
     struct {
         int pos;                 /* -1: empty */
@@ -357,7 +358,7 @@ static void gated_deltanet(ms_fwd *f, const ms_layer *ly, int il, int T) {
 typedef struct moe_job {
     ms_fwd *f;
     const ms_layer *ly;
-    int n_exp;            /* distinct experts in this batch */
+    int x0, x1;           /* the compact experts [x0, x1) computed by this job */
     int64_t rows_per_chunk;
     int chunks_per_exp;
 } moe_job;
@@ -367,7 +368,7 @@ static void moe_up_task(void *ctx, int i, int thread) {
     moe_job *j = ctx;
     ms_fwd *f = j->f;
     const ms_layer *ly = j->ly;
-    int x = i / j->chunks_per_exp, c = i % j->chunks_per_exp;
+    int x = j->x0 + i / j->chunks_per_exp, c = i % j->chunks_per_exp;
     int64_t ff = ly->gate_exps.n_out, E = ly->gate_exps.n_in;
     int64_t r0 = c * j->rows_per_chunk, r1 = MS_MIN(ff, r0 + j->rows_per_chunk);
     if (r0 >= r1) return;
@@ -389,19 +390,24 @@ static void moe_up_task(void *ctx, int i, int thread) {
                 out[(size_t)s * ff + r] = quant_dot(MS_TYPE_F32, row, f->h + (size_t)f->slot_tok[s] * E, E);
         }
     }
+    /* SwiGLU of this chunk, for every token of the expert */
+    for (int s = first; s < first + cnt; s++)
+        for (int64_t r = r0; r < r1; r++) {
+            size_t k = (size_t)s * ff + r;
+            f->act_g[k] = silu(f->act_g[k]) * f->act_u[k];
+        }
 }
 
-/* down: item = chunk of n_embd output rows across every expert, so each output element has
- * one writer; moe[t][r] += w(t, x) * down_x[r] . act[slot] */
+/* down: item = chunk of n_embd output rows across the job's experts, so each output element
+ * has one writer; moe[t][r] += w(t, x) * down_x[r] . act[slot] */
 static void moe_down_task(void *ctx, int i, int thread) {
     moe_job *j = ctx;
     ms_fwd *f = j->f;
-    const ms_layer *ly = j->ly;
-    const ms_mat3 *w = &ly->down_exps;
+    const ms_mat3 *w = &j->ly->down_exps;
     int64_t E = w->n_out, ff = w->n_in;
     int64_t r0 = (int64_t)i * j->rows_per_chunk, r1 = MS_MIN(E, r0 + j->rows_per_chunk);
     float *row = f->thread_buf + (size_t)thread * f->thread_buf_len;
-    for (int x = 0; x < j->n_exp; x++) {
+    for (int x = j->x0; x < j->x1; x++) {
         int first = f->exp_first[x], cnt = f->exp_count[x];
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t *wr = f->refs[x].down + (size_t)r * w->row_bytes;
@@ -418,22 +424,23 @@ static void moe_down_task(void *ctx, int i, int thread) {
     }
 }
 
-static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
-    const ms_hparams *hp = &f->m->hp;
-    int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
-    double t0 = ms_time();
-    /* router (and the shared expert's projections, which need no expert bytes) */
-    mm_op ops[4];
-    int n = 0;
-    ops[n++] = mm(&ly->router, f->h, E, f->router, NE, T);
-    if (ly->sh_up.data) {
-        ops[n++] = mm(&ly->sh_gate, f->h, E, f->sh_g, hp->n_ff_shexp, T);
-        ops[n++] = mm(&ly->sh_up, f->h, E, f->sh_u, hp->n_ff_shexp, T);
-        if (ly->sh_router.data) ops[n++] = mm(&ly->sh_router, f->h, E, f->sh_gate, 1, T);
-    }
-    mm_run(f, ops, n);
+/* Computes compact experts [x0, x1), whose bytes are in f->refs. */
+static void moe_compute(ms_fwd *f, const ms_layer *ly, int x0, int x1) {
+    int64_t ff = ly->gate_exps.n_out, E = ly->down_exps.n_out;
+    int n = x1 - x0;
+    moe_job j = {f, ly, x0, x1, 0, 0};
+    j.chunks_per_exp = (int)MS_MAX(1, MS_MIN(ff / 16, (int64_t)f->nth * 4 / n + 1));
+    j.rows_per_chunk = (ff + j.chunks_per_exp - 1) / j.chunks_per_exp;
+    pool_run(f->pool, moe_up_task, &j, n * j.chunks_per_exp);
+    j.rows_per_chunk = MS_MAX(4, (E + f->nth * 4 - 1) / (f->nth * 4));
+    pool_run(f->pool, moe_down_task, &j, (int)((E + j.rows_per_chunk - 1) / j.rows_per_chunk));
+}
 
-    /* softmax, top-k, renormalize; then group (token, k) slots by expert */
+/* Router -> top-k -> the batch's (token, k) pairs grouped by expert: exp_ids[0..n_exp) with
+ * their slots exp_first/exp_count into slot_tok/slot_w. Returns n_exp. */
+static int route(ms_fwd *f, int T) {
+    const ms_hparams *hp = &f->m->hp;
+    int NE = hp->n_expert, K = hp->n_expert_used;
     memset(f->exp_count, 0, sizeof(int) * NE);
     for (int t = 0; t < T; t++) {
         float *lg = f->router + (size_t)t * NE;
@@ -461,7 +468,6 @@ static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
             if (hp->expert_weights_scale != 0.0f) sw[kk] *= hp->expert_weights_scale;
         }
     }
-    /* compact the used experts; exp_first gives each one's first slot */
     int n_exp = 0, slots = 0;
     for (int x = 0; x < NE; x++) {
         if (!f->exp_count[x]) continue;
@@ -481,51 +487,81 @@ static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
             f->slot_w[s] = f->sel_w[(size_t)t * K + kk];
         }
     for (int x = 0; x < n_exp; x++) f->exp_count[x] = fill[x] - f->exp_first[x];
-    double t1 = ms_time();
-    f->timing.route += t1 - t0;
+    return n_exp;
+}
 
-    if (experts_acquire(f->store, il, f->exp_ids, n_exp, f->refs, e)) return e ? e->status : MS_ERR_IO;
-    double t2 = ms_time();
-    f->timing.expert_wait += t2 - t1;
-
-    int64_t ff = hp->n_ff_exp;
-    moe_job j = {f, ly, n_exp, 0, 0};
-    j.chunks_per_exp = (int)MS_MAX(1, MS_MIN(ff / 16, (int64_t)f->nth * 4 / MS_MAX(1, n_exp) + 1));
-    j.rows_per_chunk = (ff + j.chunks_per_exp - 1) / j.chunks_per_exp;
-    pool_run(f->pool, moe_up_task, &j, n_exp * j.chunks_per_exp);
-    for (int64_t i = 0; i < (int64_t)slots * ff; i++) f->act_g[i] = silu(f->act_g[i]) * f->act_u[i];
-    memset(f->moe, 0, sizeof(float) * (size_t)T * E);
-    j.rows_per_chunk = MS_MAX(4, (E + f->nth * 4 - 1) / (f->nth * 4));
-    pool_run(f->pool, moe_down_task, &j, (int)((E + j.rows_per_chunk - 1) / j.rows_per_chunk));
-    experts_release(f->store, il, f->exp_ids, n_exp);
-
+static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
+    const ms_hparams *hp = &f->m->hp;
+    int E = hp->n_embd, NE = hp->n_expert;
+    double t0 = ms_time();
+    /* router, and the shared expert's projections (they need no expert bytes) */
+    mm_op ops[4];
+    int n = 0;
+    ops[n++] = mm(&ly->router, f->h, E, f->router, NE, T);
     if (ly->sh_up.data) {
-        int sf = hp->n_ff_shexp;
-        for (int64_t i = 0; i < (int64_t)T * sf; i++) f->sh_g[i] = silu(f->sh_g[i]) * f->sh_u[i];
-        mm_op o = mm(&ly->sh_down, f->sh_g, sf, f->h, E, T);
-        mm_run(f, &o, 1);
-        for (int t = 0; t < T; t++) {
-            float g = ly->sh_router.data ? sigmoid(f->sh_gate[t]) : 1.0f;
-            for (int i = 0; i < E; i++) f->moe[(size_t)t * E + i] += g * f->h[(size_t)t * E + i];
-        }
+        ops[n++] = mm(&ly->sh_gate, f->h, E, f->sh_g, hp->n_ff_shexp, T);
+        ops[n++] = mm(&ly->sh_up, f->h, E, f->sh_u, hp->n_ff_shexp, T);
+        if (ly->sh_router.data) ops[n++] = mm(&ly->sh_router, f->h, E, f->sh_gate, 1, T);
     }
-    f->timing.expert_compute += ms_time() - t2;
+    mm_run(f, ops, n);
+    int n_exp = route(f, T);
+    f->timing.route += ms_time() - t0;
+
+    /* Ask for the experts in waves the cache can hold: the reads of a wave's misses all go out
+     * now, the shared expert computes meanwhile, then each expert is computed as it arrives
+     * (experts already resident are grouped into one job). */
+    memset(f->moe, 0, sizeof(float) * (size_t)T * E);
+    int cap = MS_MAX(1, experts_capacity(f->store) - hp->n_expert_used);
+    for (int w0 = 0; w0 < n_exp; w0 += cap) {
+        int w1 = MS_MIN(n_exp, w0 + cap);
+        if (experts_request(f->store, il, f->exp_ids + w0, w1 - w0, e)) return e ? e->status : MS_ERR_IO;
+        if (w0 == 0 && ly->sh_up.data) {
+            double ts = ms_time();
+            int sf = hp->n_ff_shexp;
+            for (int64_t i = 0; i < (int64_t)T * sf; i++) f->sh_g[i] = silu(f->sh_g[i]) * f->sh_u[i];
+            mm_op o = mm(&ly->sh_down, f->sh_g, sf, f->a, E, T);
+            mm_run(f, &o, 1);
+            for (int t = 0; t < T; t++) {
+                float g = ly->sh_router.data ? sigmoid(f->sh_gate[t]) : 1.0f;
+                for (int i = 0; i < E; i++) f->moe[(size_t)t * E + i] = g * f->a[(size_t)t * E + i];
+            }
+            f->timing.expert_compute += ms_time() - ts;
+        }
+        for (int x = w0; x < w1;) {
+            double tw = ms_time();
+            int rc = experts_wait(f->store, il, f->exp_ids[x], &f->refs[x], e);
+            int y = x + 1;
+            while (!rc && y < w1 && experts_ready(f->store, il, f->exp_ids[y]))
+                rc = experts_wait(f->store, il, f->exp_ids[y], &f->refs[y], e), y++;
+            double tc = ms_time();
+            f->timing.expert_wait += tc - tw;
+            if (rc) {
+                experts_release(f->store, il, f->exp_ids + w0, w1 - w0);
+                return rc;
+            }
+            moe_compute(f, ly, x, y);
+            f->timing.expert_compute += ms_time() - tc;
+            x = y;
+        }
+        experts_release(f->store, il, f->exp_ids + w0, w1 - w0);
+    }
     return MS_OK;
 }
 
 /* ------------------------------------------------------------------ driver */
 
-static void embed(ms_fwd *f, const int32_t *tokens, int T) {
-    const ms_mat *te = &f->m->tok_embd;
+static int embed(ms_fwd *f, const int32_t *tokens, int T, ms_err *e) {
+    int E = f->m->hp.n_embd;
     for (int t = 0; t < T; t++)
-        quant_dequant(te->type, te->data + (size_t)tokens[t] * te->row_bytes, f->x + (size_t)t * te->n_in, te->n_in);
+        if (model_embed_row(f->m, tokens[t], f->x + (size_t)t * E, e)) return e ? e->status : MS_ERR_IO;
+    return MS_OK;
 }
 
 static int eval_batch(ms_fwd *f, const int32_t *tokens, int T, int all_logits, ms_err *e) {
     const struct ms_model *m = f->m;
     const ms_hparams *hp = &m->hp;
     int E = hp->n_embd;
-    embed(f, tokens, T);
+    if (embed(f, tokens, T, e)) return e ? e->status : MS_ERR_IO;
     for (int il = 0; il < hp->n_layer; il++) {
         const ms_layer *ly = &m->layers[il];
         double t0 = ms_time();
@@ -664,14 +700,16 @@ void fwd_reset(ms_fwd *f) {
 
 /* ------------------------------------------------------------------ lifetime */
 
-static float *alloc_f(size_t n, int *fail) {
+static float *alloc_f(ms_fwd *f, size_t n, int *fail) {
+    f->host_bytes += sizeof(float) * (n ? n : 1);
     float *p = ms_malloc_aligned(sizeof(float) * (n ? n : 1));
     if (!p) *fail = 1;
     else memset(p, 0, sizeof(float) * (n ? n : 1));
     return p;
 }
 
-static int *alloc_i(size_t n, int *fail) {
+static int *alloc_i(ms_fwd *f, size_t n, int *fail) {
+    f->host_bytes += sizeof(int) * (n ? n : 1);
     int *p = ms_calloc(n ? n : 1, sizeof(int));
     if (!p) *fail = 1;
     return p;
@@ -705,53 +743,53 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     for (size_t il = 0; il < L && !fail; il++) {
         if (m->layers[il].kind == MS_LAYER_ATTN) {
-            f->k_cache[il] = alloc_f((size_t)n_ctx * kvd, &fail);
-            f->v_cache[il] = alloc_f((size_t)n_ctx * kvd, &fail);
+            f->k_cache[il] = alloc_f(f, (size_t)n_ctx * kvd, &fail);
+            f->v_cache[il] = alloc_f(f, (size_t)n_ctx * kvd, &fail);
         } else {
-            f->conv_state[il] = alloc_f((size_t)(hp->d_conv - 1) * hp->conv_dim, &fail);
-            f->ssm_state[il] = alloc_f((size_t)hp->n_v_heads * hp->d_v * hp->d_k, &fail);
+            f->conv_state[il] = alloc_f(f, (size_t)(hp->d_conv - 1) * hp->conv_dim, &fail);
+            f->ssm_state[il] = alloc_f(f, (size_t)hp->n_v_heads * hp->d_v * hp->d_k, &fail);
         }
     }
     size_t qw = (size_t)hp->n_head * hp->head_dim * 2;
     size_t vd = (size_t)hp->n_v_heads * hp->d_v;
     size_t a_w = MS_MAX(E, MS_MAX(qw, (size_t)hp->conv_dim));
     size_t K = (size_t)hp->n_expert_used, NE = (size_t)hp->n_expert;
-    f->x = alloc_f(T * E, &fail);
-    f->h = alloc_f(T * E, &fail);
-    f->a = alloc_f(T * a_w, &fail);
-    f->q = alloc_f(T * (size_t)hp->n_head * hp->head_dim, &fail);
-    f->att = alloc_f(T * (size_t)hp->n_head * hp->head_dim, &fail);
-    f->qkv = alloc_f(T * (size_t)hp->conv_dim, &fail);
-    f->z = alloc_f(T * vd, &fail);
-    f->beta = alloc_f(T * (size_t)hp->n_v_heads, &fail);
-    f->alpha = alloc_f(T * (size_t)hp->n_v_heads, &fail);
-    f->gdn_o = alloc_f(T * MS_MAX(vd, 2 * (size_t)hp->n_v_heads), &fail);
-    f->router = alloc_f(T * NE, &fail);
-    f->sel = alloc_i(T * K, &fail);
-    f->sel_w = alloc_f(T * K, &fail);
-    f->exp_fill = alloc_i(NE, &fail);
-    f->exp_ids = alloc_i(NE, &fail);
-    f->exp_first = alloc_i(NE, &fail);
-    f->exp_count = alloc_i(NE, &fail);
-    f->exp_index = alloc_i(NE, &fail);
-    f->slot_tok = alloc_i(T * K, &fail);
-    f->slot_w = alloc_f(T * K, &fail);
+    f->x = alloc_f(f, T * E, &fail);
+    f->h = alloc_f(f, T * E, &fail);
+    f->a = alloc_f(f, T * a_w, &fail);
+    f->q = alloc_f(f, T * (size_t)hp->n_head * hp->head_dim, &fail);
+    f->att = alloc_f(f, T * (size_t)hp->n_head * hp->head_dim, &fail);
+    f->qkv = alloc_f(f, T * (size_t)hp->conv_dim, &fail);
+    f->z = alloc_f(f, T * vd, &fail);
+    f->beta = alloc_f(f, T * (size_t)hp->n_v_heads, &fail);
+    f->alpha = alloc_f(f, T * (size_t)hp->n_v_heads, &fail);
+    f->gdn_o = alloc_f(f, T * MS_MAX(vd, 2 * (size_t)hp->n_v_heads), &fail);
+    f->router = alloc_f(f, T * NE, &fail);
+    f->sel = alloc_i(f, T * K, &fail);
+    f->sel_w = alloc_f(f, T * K, &fail);
+    f->exp_fill = alloc_i(f, NE, &fail);
+    f->exp_ids = alloc_i(f, NE, &fail);
+    f->exp_first = alloc_i(f, NE, &fail);
+    f->exp_count = alloc_i(f, NE, &fail);
+    f->exp_index = alloc_i(f, NE, &fail);
+    f->slot_tok = alloc_i(f, T * K, &fail);
+    f->slot_w = alloc_f(f, T * K, &fail);
     f->refs = ms_calloc(NE, sizeof(ms_expert_ref));
     if (!f->refs) fail = 1;
-    f->act_g = alloc_f(T * K * (size_t)hp->n_ff_exp, &fail);
-    f->act_u = alloc_f(T * K * (size_t)hp->n_ff_exp, &fail);
-    f->sh_g = alloc_f(T * (size_t)hp->n_ff_shexp, &fail);
-    f->sh_u = alloc_f(T * (size_t)hp->n_ff_shexp, &fail);
-    f->sh_gate = alloc_f(T, &fail);
-    f->moe = alloc_f(T * E, &fail);
+    f->act_g = alloc_f(f, T * K * (size_t)hp->n_ff_exp, &fail);
+    f->act_u = alloc_f(f, T * K * (size_t)hp->n_ff_exp, &fail);
+    f->sh_g = alloc_f(f, T * (size_t)hp->n_ff_shexp, &fail);
+    f->sh_u = alloc_f(f, T * (size_t)hp->n_ff_shexp, &fail);
+    f->sh_gate = alloc_f(f, T, &fail);
+    f->moe = alloc_f(f, T * E, &fail);
     /* per-thread row buffer: the longest dequantized row, or the attention score row */
     size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
     longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));
     longest = MS_MAX(longest, (size_t)n_ctx);
     f->thread_buf_len = (longest + 15) & ~(size_t)15;
-    f->thread_buf = alloc_f((size_t)f->nth * f->thread_buf_len, &fail);
-    f->logits = alloc_f(T * (size_t)hp->n_vocab, &fail);
-    f->history = alloc_i((size_t)n_ctx, &fail);
+    f->thread_buf = alloc_f(f, (size_t)f->nth * f->thread_buf_len, &fail);
+    f->logits = alloc_f(f, T * (size_t)hp->n_vocab, &fail);
+    f->history = alloc_i(f, (size_t)n_ctx, &fail);
     for (size_t il = 0; il < L; il++)
         if (m->layers[il].kind == MS_LAYER_GDN)
             f->state_floats += (size_t)(hp->d_conv - 1) * hp->conv_dim + (size_t)hp->n_v_heads * hp->d_v * hp->d_k;
@@ -846,8 +884,13 @@ static int cpu_resume_point(const void *c, int pos) { return fwd_resume_point(CF
 static int cpu_truncate(void *c, int pos, ms_err *e) { return fwd_truncate(FWD(c), pos, e); }
 static void cpu_reset(void *c) { fwd_reset(FWD(c)); }
 static const ms_timing *cpu_timing(const void *c) { return fwd_timing(CFWD(c)); }
+/* checkpoints are allocated on demand: count the ones that may be */
+static uint64_t cpu_host_bytes(const void *c) {
+    const ms_fwd *f = CFWD(c);
+    return f->host_bytes + (uint64_t)MS_N_CHECKPOINTS * f->state_floats * sizeof(float);
+}
 
 const ms_backend ms_backend_cpu = {
     "cpu", cpu_create, cpu_destroy, cpu_eval, cpu_logits, cpu_n_logits, cpu_pos, cpu_n_ctx, cpu_history,
-    cpu_checkpoint, cpu_resume_point, cpu_truncate, cpu_reset, cpu_timing,
+    cpu_checkpoint, cpu_resume_point, cpu_truncate, cpu_reset, cpu_timing, cpu_host_bytes,
 };

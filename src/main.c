@@ -6,9 +6,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
+#include "front.h"
 #include "moestream.h"
+
+/* "20G", "512M", "1.5GiB" -> bytes; 0 on success. */
+static int ms_parse_size_cli(const char *s, uint64_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0) return -1;
+    double mul = 1;
+    switch (*end) {
+    case 'k': case 'K': mul = 1024.0; end++; break;
+    case 'm': case 'M': mul = 1048576.0; end++; break;
+    case 'g': case 'G': mul = 1073741824.0; end++; break;
+    case 't': case 'T': mul = 1099511627776.0; end++; break;
+    }
+    if (*end == 'i') end++;
+    if (*end == 'B') end++;
+    if (*end) return -1;
+    *out = (uint64_t)(v * mul);
+    return 0;
+}
 
 static double now(void) {
     struct timespec ts;
@@ -34,6 +55,10 @@ static void usage(FILE *out) {
           "  info      -m MODEL                                        describe a model\n"
           "  tokenize  -m MODEL [--no-special] (-f FILE | TEXT)        print token ids\n"
           "  logits    -m MODEL --ids FILE -o OUT.f32                  logits for every position\n"
+          "  chat      -m MODEL [--system TEXT] [--tools bash]         interactive chat (chat --help)\n"
+          "  serve     -m MODEL [--host H] [--port N] [--api-key K]    OpenAI-compatible server (serve --help)\n"
+          "  synth     --preset NAME [--layers N] [--type Q4_K] [--skew S] [--split-size SIZE] -o FILE\n"
+          "                                                            write a synthetic model of real shapes\n"
           "\n"
           "options:\n"
           "  -m, --model FILE          GGUF model (first part of a split model)\n"
@@ -46,14 +71,33 @@ static void usage(FILE *out) {
           "  --top-k N, --top-p P, --min-p P, --repeat-penalty R, --repeat-last-n N, --seed S\n"
           "  --experts-per-token K     route each token to K experts instead of the model's top-k\n"
           "  --ignore-eos              run: keep generating past end-of-generation tokens\n"
+          "  --io MODE                 expert residency: mmap, pagecache or direct (default: direct with --mem, else mmap)\n"
+          "  --mem SIZE                memory budget for the whole process (dense weights + context + expert cache)\n"
+          "  --evict lru|lfu           expert cache policy (default lru)\n"
+          "  --io-threads N            expert reads in flight (default 32)\n"
+          "  --stats, --timing         print expert hit rate, bytes read, roofline; per-token time breakdown\n"
+          "  --disk-bw GBPS, --mem-bw GBPS   bandwidths for the roofline (default 1.42 and 37)\n"
+          "  --gpu                     run on the GPU (a build with CUDA=1): dense weights in VRAM, experts\n"
+          "                            streamed into a VRAM expert cache\n"
+          "  --gpu-mem SIZE            VRAM budget, e.g. 8G (default: what is free); implies --gpu\n"
+          "  --gpu-device N            CUDA device index (default 0)\n"
           "  --no-special              tokenize: treat <|...|> control tokens as plain text\n"
           "  --ids FILE, -o FILE       logits: input token ids and output file\n",
           out);
 }
 
 typedef struct opts {
-    const char *model, *prompt, *file, *ids, *out, *text;
+    const char *model, *prompt, *file, *ids, *out, *text, *preset, *type_name;
+    float skew;
+    uint64_t split_bytes, seed_synth;
+    int layers;
     int n_predict, threads, n_ctx, n_batch, experts, no_special, ignore_eos;
+    const char *io, *evict;
+    uint64_t mem;
+    int io_threads, stats, timing;
+    double disk_bw, mem_bw;
+    int gpu, gpu_device;
+    uint64_t gpu_mem;
     ms_sampler_params sp;
 } opts;
 
@@ -75,6 +119,8 @@ static float parse_float(const char *flag, const char *v) {
 static void parse_opts(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
     o->n_predict = 256;
+    o->disk_bw = 1.42e9; /* this machine's measured random-read peak (DESIGN.md); --disk-bw to change */
+    o->mem_bw = 37e9;    /* two-core streaming read, measured by bench/bench_quant */
     o->n_batch = 512;
     ms_sampler_params_default(&o->sp);
     for (int i = 2; i < argc; i++) {
@@ -100,6 +146,32 @@ static void parse_opts(int argc, char **argv, opts *o) {
         } else if (!strcmp(a, "--experts-per-token")) o->experts = (int)parse_int(a, ARG(), 1, 1 << 16);
         else if (!strcmp(a, "--no-special")) o->no_special = 1;
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+        else if (!strcmp(a, "--gpu")) o->gpu = 1;
+        else if (!strcmp(a, "--gpu-device")) o->gpu_device = (int)parse_int(a, ARG(), 0, 1024);
+        else if (!strcmp(a, "--gpu-mem")) {
+            const char *v = ARG();
+            if (ms_parse_size_cli(v, &o->gpu_mem) || !o->gpu_mem) die("--gpu-mem expects a size like 8G, got '%s'", v);
+            o->gpu = 1;
+        }
+        else if (!strcmp(a, "--io")) o->io = ARG();
+        else if (!strcmp(a, "--evict")) o->evict = ARG();
+        else if (!strcmp(a, "--io-threads")) o->io_threads = (int)parse_int(a, ARG(), 1, 1024);
+        else if (!strcmp(a, "--stats")) o->stats = 1;
+        else if (!strcmp(a, "--timing")) o->timing = 1;
+        else if (!strcmp(a, "--disk-bw")) o->disk_bw = parse_float(a, ARG()) * 1e9;
+        else if (!strcmp(a, "--mem-bw")) o->mem_bw = parse_float(a, ARG()) * 1e9;
+        else if (!strcmp(a, "--mem")) {
+            const char *v = ARG();
+            if (ms_parse_size_cli(v, &o->mem) || !o->mem) die("--mem expects a size like 8G, got '%s'", v);
+        }
+        else if (!strcmp(a, "--preset")) o->preset = ARG();
+        else if (!strcmp(a, "--layers")) o->layers = (int)parse_int(a, ARG(), 1, 4096);
+        else if (!strcmp(a, "--type")) o->type_name = ARG();
+        else if (!strcmp(a, "--skew")) o->skew = parse_float(a, ARG());
+        else if (!strcmp(a, "--split-size")) {
+            const char *v = ARG();
+            if (ms_parse_size_cli(v, &o->split_bytes)) die("--split-size expects a size like 20G, got '%s'", v);
+        }
         else if (!strcmp(a, "--ids")) o->ids = ARG();
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o->out = ARG();
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
@@ -134,6 +206,11 @@ static ms_model *load_model(const opts *o) {
     ms_model_params mp;
     ms_model_params_default(&mp);
     mp.n_expert_used = o->experts;
+    mp.io = o->io;
+    mp.mem_budget = o->mem;
+    mp.evict = o->evict;
+    mp.io_threads = o->io_threads;
+    mp.track_residency = o->stats;
     ms_model *m;
     ms_error err;
     if (ms_model_load(o->model, &mp, &m, &err)) die("%s", err.msg);
@@ -154,6 +231,9 @@ static ms_context *new_context(ms_model *m, const opts *o, int min_ctx) {
     else if (min_ctx > cp.n_ctx) cp.n_ctx = min_ctx;
     cp.n_batch = o->n_batch;
     cp.n_threads = o->threads;
+    cp.gpu = o->gpu;
+    cp.gpu_mem = o->gpu_mem;
+    cp.gpu_device = o->gpu_device;
     ms_context *c;
     ms_error err;
     if (ms_context_new(m, &cp, &c, &err)) die("%s", err.msg);
@@ -272,6 +352,71 @@ static int cmd_logits(const opts *o) {
     return 0;
 }
 
+static int cmd_synth(const opts *o) {
+    if (!o->preset) die("synth needs --preset NAME (presets: %s)", ms_synth_presets());
+    if (!o->out) die("synth needs -o FILE");
+    ms_synth_params sp = {0};
+    sp.preset = o->preset;
+    sp.n_layer = o->layers;
+    sp.type = ms_type_from_name(o->type_name ? o->type_name : "Q4_K");
+    if (sp.type < 0) die("unknown tensor type '%s'", o->type_name);
+    sp.skew = o->skew;
+    sp.split_bytes = o->split_bytes;
+    sp.seed = o->sp.seed == MS_SEED_RANDOM ? 1 : o->sp.seed;
+    uint64_t bytes = ms_synth_size(&sp);
+    double t0 = now();
+    ms_error err;
+    fprintf(stderr, "moestream: writing %s (%.2f GB of tensors)...\n", o->out, bytes / 1e9);
+    if (ms_synth(&sp, o->out, &bytes, &err)) die("%s", err.msg);
+    double dt = now() - t0;
+    fprintf(stderr, "moestream: wrote %.2f GB in %.1f s (%.2f GB/s)\n", bytes / 1e9, dt, bytes / 1e9 / dt);
+    return 0;
+}
+
+/* Peak resident set of this process, bytes. */
+static uint64_t peak_rss(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)ru.ru_maxrss * 1024;
+}
+
+/* --stats and --timing for the tokens decoded between snapshots a and b. */
+static void print_stats(const ms_model *m, const opts *o, const ms_stats *a, const ms_stats *b, int tokens, double secs) {
+    if (tokens <= 0) return;
+    ms_model_info in;
+    ms_model_get_info(m, &in);
+    double tk = tokens;
+    if (o->timing) {
+        double at = b->t_attn - a->t_attn, rt = b->t_route - a->t_route, wt = b->t_expert_wait - a->t_expert_wait;
+        double ct = b->t_expert_compute - a->t_expert_compute, ot = b->t_other - a->t_other;
+        fprintf(stderr, "moestream: per token: attention+norms %.2f ms, routing %.2f ms, expert wait %.2f ms, expert compute %.2f ms, "
+                        "output %.2f ms (wall %.2f ms)\n",
+                1e3 * at / tk, 1e3 * rt / tk, 1e3 * wt / tk, 1e3 * ct / tk, 1e3 * ot / tk, 1e3 * secs / tk);
+    }
+    if (!o->stats) return;
+    double req = (double)(b->expert_requests - a->expert_requests), hit = (double)(b->expert_hits - a->expert_hits);
+    double bytes = (double)(b->bytes_read - a->bytes_read), per_expert = (double)in.bytes_per_expert;
+    fprintf(stderr, "moestream: experts (%s): %.1f needed per token, hit rate %.1f%%, read %.2f MB per token", b->io, req / tk,
+            req ? 100.0 * hit / req : 0.0, bytes / tk / 1e6);
+    if (bytes > 0) fprintf(stderr, ", %.2f GB/s achieved", bytes / secs / 1e9);
+    if (b->cache_slots) fprintf(stderr, ", cache %llu experts (%.2f GiB)", (unsigned long long)b->cache_slots, b->cache_bytes / 1073741824.0);
+    if (b->prefetches > a->prefetches)
+        fprintf(stderr, ", prefetch accuracy %.1f%%",
+                100.0 * (double)(b->prefetch_used - a->prefetch_used) / (double)(b->prefetches - a->prefetches));
+    fprintf(stderr, "\n");
+    /* roofline: every missed expert must come from disk, every resident byte touched from RAM */
+    double missed = (req - hit) * per_expert / tk;
+    double resident = (double)(in.bytes_dense - in.bytes_embd) + hit * per_expert / tk;
+    double t_min = missed / o->disk_bw + resident / o->mem_bw;
+    fprintf(stderr, "moestream: roofline: %.1f MB missed / %.2f GB/s disk + %.1f MB resident / %.0f GB/s memory = %.2f ms/token "
+                    "-> at most %.2f tok/s (achieved %.2f, %.0f%%)\n",
+            missed / 1e6, o->disk_bw / 1e9, resident / 1e6, o->mem_bw / 1e9, 1e3 * t_min, 1.0 / t_min, tk / secs,
+            100.0 * (tk / secs) * t_min);
+    fprintf(stderr, "moestream: memory: peak RSS %.2f GiB", peak_rss() / 1073741824.0);
+    if (o->mem) fprintf(stderr, " (budget %.2f GiB)", o->mem / 1073741824.0);
+    fprintf(stderr, ", dense %.2f GiB, context %.2f GiB\n", b->bytes_dense / 1073741824.0, b->bytes_context / 1073741824.0);
+}
+
 static int cmd_run(const opts *o) {
     double t0 = now();
     ms_model *m = load_model(o);
@@ -298,6 +443,8 @@ static int cmd_run(const opts *o) {
     double t1 = now();
     if (ms_eval(c, ids, n, 0, &err)) die("%s", err.msg);
     double t_prompt = now() - t1;
+    ms_stats st0;
+    ms_context_stats(c, &st0);
     ms_detok *d = ms_detok_new(m, 0);
     if (!d) die("out of memory");
     int gen = 0, n_eval = 0;
@@ -324,6 +471,11 @@ static int cmd_run(const opts *o) {
     double t_gen = now() - t2;
     fprintf(stderr, "\nmoestream: load %.2f s | prompt %d tokens, %.2f tok/s | generation %d tokens, %.2f tok/s\n", t_load,
             n, n / t_prompt, gen, n_eval ? n_eval / t_gen : 0.0);
+    if (o->stats || o->timing) {
+        ms_stats st1;
+        ms_context_stats(c, &st1);
+        print_stats(m, o, &st0, &st1, n_eval, t_gen);
+    }
     free(ids);
     ms_sampler_free(s);
     ms_context_free(c);
@@ -336,6 +488,9 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2;
     }
+    ms_install_sigbus_handler();
+    if (!strcmp(argv[1], "chat")) return cmd_chat(argc, argv);
+    if (!strcmp(argv[1], "serve")) return cmd_serve(argc, argv);
     opts o;
     parse_opts(argc, argv, &o);
     const char *cmd = argv[1];
@@ -343,6 +498,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return cmd_info(&o);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o);
     if (!strcmp(cmd, "logits")) return cmd_logits(&o);
-    die("unknown command '%s' (commands: run, info, tokenize, logits)", cmd);
+    if (!strcmp(cmd, "synth")) return cmd_synth(&o);
+    die("unknown command '%s' (commands: run, info, tokenize, logits, chat, serve)", cmd);
     return 1;
 }

@@ -5,8 +5,10 @@
  */
 #include "model.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "quant.h"
 
@@ -417,8 +419,119 @@ fail:
     return NULL;
 }
 
+/* Every weight pointer of the model, for relocation. */
+static void visit_pointers(struct ms_model *m, void (*fn)(void *ud, void *field), void *ud) {
+    fn(ud, &m->tok_embd.data);
+    fn(ud, &m->output.data);
+    fn(ud, &m->output_norm);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        ms_layer *l = &m->layers[il];
+        void *fields[] = {&l->attn_norm, &l->ffn_norm, &l->wq.data, &l->wk.data, &l->wv.data, &l->wo.data, &l->q_norm,
+                          &l->k_norm, &l->wqkv.data, &l->wz.data, &l->wbeta.data, &l->walpha.data, &l->wba.data,
+                          &l->conv1d, &l->dt_bias, &l->ssm_a, &l->ssm_norm, &l->ssm_out.data, &l->router.data,
+                          &l->sh_gate.data, &l->sh_up.data, &l->sh_down.data, &l->sh_router.data};
+        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) fn(ud, fields[i]);
+    }
+}
+
+typedef struct reloc {
+    const gguf_file *f;
+    uint8_t *arena;
+    uint64_t *arena_off; /* per tensor, or UINT64_MAX when not copied */
+} reloc;
+
+/* If the pointer stored at field is the start of a copied tensor, points it at the copy. */
+static void relocate_one(void *ud, void *field) {
+    reloc *r = ud;
+    const uint8_t *p;
+    memcpy(&p, field, sizeof p);
+    if (!p) return;
+    for (int64_t i = 0; i < r->f->n_tensors; i++) {
+        if (r->f->tensors[i].data != p || r->arena_off[i] == UINT64_MAX) continue;
+        const uint8_t *q = r->arena + r->arena_off[i];
+        memcpy(field, &q, sizeof q);
+        return;
+    }
+}
+
+static int pread_all(int fd, uint8_t *dst, uint64_t n, uint64_t off) {
+    while (n) {
+        ssize_t r = pread(fd, dst, (size_t)MS_MIN(n, (uint64_t)1 << 30), (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return r < 0 ? errno : -1;
+        dst += r;
+        off += (uint64_t)r;
+        n -= (uint64_t)r;
+    }
+    return 0;
+}
+
+int model_make_resident(struct ms_model *m, ms_err *e) {
+    if (m->dense_arena) return MS_OK;
+    const gguf_file *f = m->gguf;
+    const gguf_tensor *te = gguf_find_tensor(f, "token_embd.weight");
+    int tied = m->output.data == m->tok_embd.data;
+    reloc r = {f, NULL, ms_malloc(sizeof(uint64_t) * (size_t)(f->n_tensors ? f->n_tensors : 1))};
+    if (!r.arena_off) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
+    uint64_t total = 0;
+    for (int64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        r.arena_off[i] = UINT64_MAX;
+        if (strstr(t->name, "_exps.") || (t == te && !tied)) continue;
+        r.arena_off[i] = total;
+        total += (t->nbytes + 63) / 64 * 64;
+    }
+    r.arena = ms_malloc_aligned(total ? total : 64);
+    if (!r.arena) {
+        ms_free(r.arena_off);
+        return ms_fail(e, MS_ERR_NOMEM, "cannot allocate %.1f MiB for the dense weights", total / 1048576.0);
+    }
+    for (int64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        if (r.arena_off[i] == UINT64_MAX) continue;
+        int err = pread_all(f->parts[t->part].fd, r.arena + r.arena_off[i], t->nbytes, t->file_offset);
+        if (err) {
+            ms_free_aligned(r.arena);
+            ms_free(r.arena_off);
+            return ms_fail(e, MS_ERR_IO, "%s: reading tensor '%s' failed: %s", f->parts[t->part].path, t->name,
+                           err < 0 ? "unexpected end of file" : strerror(err));
+        }
+    }
+    /* the small vectors converted at load already live in m->owned; everything else moves */
+    visit_pointers(m, relocate_one, &r);
+    if (!tied) {
+        m->embd_on_disk = 1;
+        m->embd_fd = f->parts[te->part].fd;
+        m->embd_offset = te->file_offset;
+        m->tok_embd.data = NULL;
+    }
+    m->dense_arena = r.arena;
+    m->dense_arena_bytes = total;
+    ms_free(r.arena_off);
+    return MS_OK;
+}
+
+int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e) {
+    const ms_mat *te = &m->tok_embd;
+    if (!m->embd_on_disk) {
+        quant_dequant(te->type, te->data + (size_t)tok * te->row_bytes, out, te->n_in);
+        return MS_OK;
+    }
+    uint8_t tmp[16384];
+    uint8_t *buf = te->row_bytes <= sizeof tmp ? tmp : ms_malloc(te->row_bytes);
+    if (!buf) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
+    int err = pread_all(m->embd_fd, buf, te->row_bytes, m->embd_offset + (uint64_t)tok * te->row_bytes);
+    if (!err) quant_dequant(te->type, buf, out, te->n_in);
+    if (buf != tmp) ms_free(buf);
+    if (err)
+        return ms_fail(e, MS_ERR_IO, "%s: reading the embedding of token %d failed: %s", m->gguf->parts[0].path, tok,
+                       err < 0 ? "unexpected end of file (was the file truncated?)" : strerror(err));
+    return MS_OK;
+}
+
 void model_free(struct ms_model *m) {
     if (!m) return;
+    ms_free_aligned(m->dense_arena);
     gguf_close(m->gguf);
     ms_free(m->layers);
     ms_free(m->owned);

@@ -24,6 +24,9 @@
 #include "gguf.h"
 #include "moestream.h"
 
+/* Memory a process needs beyond weights, context and expert cache (tokenizer, stacks, libc). */
+#define MS_MEM_MARGIN ((uint64_t)64 << 20)
+
 typedef enum ms_arch {
     MS_ARCH_QWEN3MOE,
     MS_ARCH_QWEN3NEXT,
@@ -108,6 +111,12 @@ struct ms_model {
     char *arch_name;
     char *name;               /* general.name, or NULL */
     int n_expert_used_model;  /* the file's top-k, before any override */
+    uint64_t mem_budget;      /* bytes the process may use (0: no limit) */
+    uint8_t *dense_arena;     /* model_make_resident: the dense weights' owned copy */
+    uint64_t dense_arena_bytes;
+    int embd_on_disk;         /* token rows are read with pread (tok_embd.data is NULL) */
+    int embd_fd;
+    uint64_t embd_offset;
     /* set by the library facade (moestream.c), not by model_load */
     struct ms_tokenizer *tok;
     struct ms_store *store;
@@ -117,6 +126,14 @@ struct ms_model {
  * error with e filled. n_expert_used_override > 0 replaces the model's top-k. */
 struct ms_model *model_load(gguf_file *f, int n_expert_used_override, ms_err *e);
 void model_free(struct ms_model *m);
+
+/* Copies the dense (non-expert) weights into owned memory with pread, so the file mapping is
+ * never touched and residency is explicit (mapped pages would count as resident but could be
+ * dropped by the OS at any time). Token embedding rows stay on disk (one pread per token)
+ * unless the output matrix is tied to them. Returns MS_OK or an I/O / memory error. */
+int model_make_resident(struct ms_model *m, ms_err *e);
+/* Token tok's embedding, dequantized into out[n_embd], from memory or from disk. */
+int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e);
 
 /* "qwen35moe", ... */
 const char *model_arch_name(ms_arch a);

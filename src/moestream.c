@@ -1,7 +1,10 @@
 /* moestream.c - the public API (include/moestream.h) over the internal modules: it wires a
  * GGUF file, the model, tokenizer and expert store into an ms_model, and a thread pool plus a
  * forward context into an ms_context. No computation lives here. */
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
+#include <strings.h>
 
 #include "experts.h"
 #include "backend.h"
@@ -9,6 +12,7 @@
 #include "model.h"
 #include "quant.h"
 #include "sampler.h"
+#include "synth.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -39,7 +43,35 @@ ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **o
             goto fail;
         }
     }
-    m->store = experts_open(m, err);
+    ms_store_params sp = {0};
+    sp.io_mode = p->io ? experts_mode_from_name(p->io) : p->mem_budget ? MS_IO_DIRECT : MS_IO_MMAP;
+    if (sp.io_mode < 0) {
+        ms_fail(err, MS_ERR_ARG, "unknown --io mode '%s' (mmap, pagecache or direct)", p->io);
+        goto fail;
+    }
+    if (p->mem_budget && sp.io_mode == MS_IO_MMAP) {
+        ms_fail(err, MS_ERR_ARG, "--mem needs --io pagecache or direct (with mmap the OS decides what stays in memory)");
+        goto fail;
+    }
+    sp.policy = MS_EVICT_LRU;
+    if (p->evict && !strcmp(p->evict, "lfu")) sp.policy = MS_EVICT_LFU;
+    else if (p->evict && strcmp(p->evict, "lru")) {
+        ms_fail(err, MS_ERR_ARG, "unknown eviction policy '%s' (lru or lfu)", p->evict);
+        goto fail;
+    }
+    sp.io_threads = p->io_threads;
+    sp.track_residency = p->track_residency;
+    m->mem_budget = p->mem_budget;
+    if (sp.io_mode != MS_IO_MMAP) {
+        if (model_make_resident(m, err)) goto fail;
+        uint64_t dense = m->dense_arena_bytes + m->n_owned * sizeof(float);
+        if (m->mem_budget && dense + MS_MEM_MARGIN >= m->mem_budget) {
+            ms_fail(err, MS_ERR_BUDGET, "the dense weights alone take %.2f GiB, more than the --mem budget of %.2f GiB allows",
+                    dense / 1073741824.0, m->mem_budget / 1073741824.0);
+            goto fail;
+        }
+    }
+    m->store = experts_open(m, &sp, err);
     if (!m->store) goto fail;
     *out = m;
     return MS_OK;
@@ -88,6 +120,8 @@ void ms_model_get_info(const ms_model *m, ms_model_info *o) {
     o->bytes_dense = m->bytes_dense;
     o->bytes_experts = m->bytes_experts;
     o->bytes_total = m->bytes_dense + m->bytes_experts;
+    const gguf_tensor *te = gguf_find_tensor(m->gguf, "token_embd.weight");
+    o->bytes_embd = te ? te->nbytes : 0;
     const ms_layer *l0 = &m->layers[0];
     o->bytes_per_expert = l0->gate_exps.stride + l0->up_exps.stride + l0->down_exps.stride;
     o->n_tensors = m->gguf->n_tensors;
@@ -99,6 +133,22 @@ void ms_model_get_info(const ms_model *m, ms_model_info *o) {
             o->type_count[t->type]++;
         }
     }
+}
+
+static void on_sigbus(int sig) {
+    (void)sig;
+    static const char msg[] =
+        "moestream: the model file was truncated or became unreadable while in use (SIGBUS reading its mapping)\n";
+    ssize_t r = write(2, msg, sizeof msg - 1);
+    (void)r;
+    _exit(1);
+}
+
+void ms_install_sigbus_handler(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigbus;
+    sigaction(SIGBUS, &sa, NULL);
 }
 
 /* ---- tokens ---- */
@@ -170,6 +220,17 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
         ms_free(c);
         return err ? err->status : MS_ERR_NOMEM;
     }
+    if (experts_io_mode(m->store) != MS_IO_MMAP) {
+        /* the expert cache gets what the budget leaves after dense weights and this context */
+        uint64_t used = m->dense_arena_bytes + m->n_owned * sizeof(float) + MS_MEM_MARGIN;
+        used += be->host_bytes ? be->host_bytes(c->ctx) : 0;
+        uint64_t cache = m->mem_budget ? (m->mem_budget > used ? m->mem_budget - used : 0)
+                                       : experts_slot_bytes(m->store) * (uint64_t)m->hp.n_layer * m->hp.n_expert;
+        if (experts_set_cache(m->store, cache, err)) {
+            ms_context_free(c);
+            return err ? err->status : MS_ERR_BUDGET;
+        }
+    }
     *out = c;
     return MS_OK;
 }
@@ -212,7 +273,18 @@ void ms_context_stats(const ms_context *c, ms_stats *o) {
     o->expert_requests = st.requests;
     o->expert_hits = st.hits;
     o->bytes_read = st.bytes_read;
+    o->reads = st.reads;
     o->read_seconds = st.read_seconds;
+    o->prefetches = st.prefetches;
+    o->prefetch_used = st.prefetch_used;
+    o->cache_slots = st.cache_slots;
+    o->cache_bytes = st.cache_bytes;
+    o->bytes_dense = c->m->dense_arena_bytes + c->m->n_owned * sizeof(float);
+    o->bytes_context = c->be->host_bytes ? c->be->host_bytes(c->ctx) : 0;
+    o->io = experts_mode_name(experts_io_mode(c->m->store));
+    o->gpu_requests = t->cache_requests;
+    o->gpu_hits = t->cache_hits;
+    o->gpu_bytes_in = t->cache_bytes_in;
 }
 
 /* ---- sampling ---- */
@@ -237,3 +309,21 @@ void ms_sampler_free(ms_sampler *s) { sampler_free(s); }
 int32_t ms_sample(ms_sampler *s, const float *logits) { return sampler_sample(s, logits); }
 void ms_sampler_accept(ms_sampler *s, int32_t token) { sampler_accept(s, token); }
 void ms_sampler_reset(ms_sampler *s) { sampler_reset(s); }
+
+/* ---- synthetic models ---- */
+
+ms_status ms_synth(const ms_synth_params *p, const char *path, uint64_t *bytes_out, ms_error *err) {
+    quant_init();
+    return (ms_status)synth_write(p, path, bytes_out, err);
+}
+
+uint64_t ms_synth_size(const ms_synth_params *p) { return synth_size(p); }
+const char *ms_synth_presets(void) { return synth_presets(); }
+
+int ms_type_from_name(const char *name) {
+    for (int t = 0; t < MS_TYPE_COUNT; t++) {
+        const ms_type_info *info = quant_info(t);
+        if (info && !strcasecmp(info->name, name)) return t;
+    }
+    return -1;
+}

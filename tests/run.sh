@@ -8,6 +8,8 @@ if [ ! -d "$fixtures" ]; then
     exit 1
 fi
 fail=0
+# tests that drive the CLI (e.g. a run under --mem) find the binary of this build here
+[ -x "$build/moestream" ] && MS_BIN="$build/moestream" && export MS_BIN
 for t in "$build"/test_*; do
     [ -x "$t" ] || continue
     if ! "$t" "$fixtures"; then
@@ -17,6 +19,8 @@ for t in "$build"/test_*; do
 done
 if [ -x "$build/moestream" ]; then
     "$(dirname "$0")/cli.sh" "$build/moestream" "$fixtures" || fail=1
+    python3 "$(dirname "$0")/chat_pty.py" "$build/moestream" "$fixtures" || fail=1
+    "$(dirname "$0")/server.sh" "$build/moestream" "$fixtures" || fail=1
 fi
 [ $fail -eq 0 ] && echo "all tests in $build passed"
 exit $fail

@@ -1,0 +1,2088 @@
+/* cuda.cu - the CUDA backend (backend.h's table): dense weights, the KV cache and the recurrent
+ * state live in VRAM; routed experts come through the expert store (experts.h) into a VRAM
+ * expert cache with a byte budget.
+ *
+ * Not here: where expert bytes come from (experts.c), the reference arithmetic (forward.c: this
+ * file mirrors it step by step and is tested against its scalar path), sampling, printing.
+ * Exports only extern "C" functions: ms_backend_cuda() and the test hooks of cuda.h.
+ *
+ * Arithmetic: fp32 everywhere. Weights are dequantized exactly as quant.c does (the same
+ * products, the same final add; quant_simd.h says why that is exact), activations are never
+ * rounded, so the GPU agrees with the scalar CPU path up to summation order.
+ *
+ * Kernels: one dequantizer per GGML type that decodes 8 consecutive values of a row (dq8), used
+ * by a warp-per-row matrix-vector kernel for up to 8 tokens (k_mv) and a 64x64-tiled matrix
+ * product for more (k_mm). Both take "groups" (one per expert: its weights and a run of token
+ * slots), so all the experts of a layer go in one launch. Attention uses an online softmax over
+ * the KV cache; the Gated DeltaNet recurrence keeps each state row in a warp's registers across
+ * the batch's tokens.
+ *
+ * The expert cache: VRAM slots of one expert each (gate | up | down). A (layer, expert) maps to
+ * at most one slot. On a miss the victim is the least frequently requested owner among a
+ * random sample of slots not used by the current layer (request counts are halved now and then
+ * so popularity can change). When every expert fits, all are loaded at creation and decode
+ * routes on the GPU with no host round trip per layer.
+ *
+ * Streams: per layer the compute stream runs attention, router and top-k, then copies the
+ * choice to the host; the shared expert is queued behind it while the host waits. The host
+ * looks the experts up, queues the misses' host-to-VRAM copies on the copy stream (each with
+ * an event), launches the hits at once, and launches each miss's kernels behind a wait on its
+ * own event, so the copy of expert i+1 runs while expert i computes. Copies go straight from
+ * the file mapping when it could be page-locked (cudaHostRegister), otherwise through pinned
+ * staging buffers filled by a few threads.
+ */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern "C" {
+#include "backend.h"
+#include "cuda.h"
+#include "forward.h" /* MS_N_CHECKPOINTS: the same prefix-reuse contract */
+#include "quant.h"
+#include "threads.h"
+}
+
+/* ================================================================== device helpers */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32); every thread gets the total. */
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float r = lane < nw ? sh[lane] : 0.0f;
+    return warp_sum(r);
+}
+
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float r = lane < nw ? sh[lane] : -INFINITY;
+    return warp_max(r);
+}
+
+/* The same formulas as forward.c. */
+__device__ __forceinline__ float d_silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float d_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float d_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* ================================================================== dequantization
+ * dq8<TYPE>(row, c, v): values 8c .. 8c+7 of a row. Rows start 2-byte aligned at least (every
+ * block size but MXFP4's is even, and tensors start 256-aligned); the loads below use the widest
+ * width each layout's offsets allow. Products and offsets follow quant.c's block decoders. */
+
+__device__ __forceinline__ float f16_at(const uint8_t *p) {
+    return __half2float(__ushort_as_half(*(const uint16_t *)p));
+}
+
+/* 8 bytes at a 2-, 4- or 8-aligned address, little-endian in two words. */
+__device__ __forceinline__ uint2 ld8_2(const uint8_t *p) {
+    const uint16_t *h = (const uint16_t *)p;
+    return make_uint2(h[0] | (uint32_t)h[1] << 16, h[2] | (uint32_t)h[3] << 16);
+}
+__device__ __forceinline__ uint2 ld8_4(const uint8_t *p) {
+    const uint32_t *w = (const uint32_t *)p;
+    return make_uint2(w[0], w[1]);
+}
+__device__ __forceinline__ uint2 ld8_8(const uint8_t *p) { return *(const uint2 *)p; }
+__device__ __forceinline__ int byte_of(uint2 q, int j) { return (int)((j < 4 ? q.x >> (8 * j) : q.y >> (8 * (j - 4))) & 0xFF); }
+
+/* Code books as packed bytes, so a lane-varying index costs a shift, not a memory access. */
+__device__ __forceinline__ int kv_iq4nl(int n) {
+    /* -127 -104 -83 -65 -49 -35 -22 -10 | 1 13 25 38 53 69 89 113 */
+    const unsigned long long t = n < 8 ? 0xF6EADDCFBFAD9881ull : 0x7159453526190D01ull;
+    return (int)(signed char)(t >> (8 * (n & 7)));
+}
+__device__ __forceinline__ int kv_mxfp4(int n) {
+    /* E2M1 doubled: 0 1 2 3 4 6 8 12 | 0 -1 -2 -3 -4 -6 -8 -12 */
+    const unsigned long long t = n < 8 ? 0x0C08060403020100ull : 0xF4F8FAFCFDFEFF00ull;
+    return (int)(signed char)(t >> (8 * (n & 7)));
+}
+
+__device__ __forceinline__ float e8m0_half(int e) {
+    return __uint_as_float(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
+}
+
+__device__ __forceinline__ void scale_min_k4(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+template <int T> __device__ __forceinline__ void dq8(const uint8_t *__restrict__ row, int c, float v[8]);
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_F32>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const float4 *p = (const float4 *)(row + 32 * (size_t)c);
+    float4 a = p[0], b = p[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_F16>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    uint4 q = *(const uint4 *)(row + 16 * (size_t)c);
+    uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xFFFF)));
+        v[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+    }
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_BF16>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    uint4 q = *(const uint4 *)(row + 16 * (size_t)c);
+    uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+    }
+}
+
+/* Q4_0/IQ4_NL/MXFP4 and the Q5/Q4_1 family: 32 values a block; chunk s (0..3) of a block is
+ * bytes 8*(s&1).. of the nibbles, low nibbles for s < 2, high for s >= 2. */
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q4_0>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 18 * (size_t)(c >> 2);
+    const int s = c & 3, sh = 4 * (s >> 1);
+    const float d = f16_at(b);
+    const uint2 q = ld8_2(b + 2 + 8 * (s & 1));
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = d * (float)(((byte_of(q, j) >> sh) & 0xF) - 8);
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q4_1>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 20 * (size_t)(c >> 2);
+    const int s = c & 3, sh = 4 * (s >> 1);
+    const float d = f16_at(b), m = f16_at(b + 2);
+    const uint2 q = ld8_4(b + 4 + 8 * (s & 1));
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = d * (float)((byte_of(q, j) >> sh) & 0xF) + m;
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q5_0>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 22 * (size_t)(c >> 2);
+    const int s = c & 3, hb = s >> 1;
+    const float d = f16_at(b);
+    const uint32_t qh = *(const uint16_t *)(b + 2) | (uint32_t)(*(const uint16_t *)(b + 4)) << 16;
+    const uint2 q = ld8_2(b + 6 + 8 * (s & 1));
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int idx = 8 * (s & 1) + j;
+        const int x = ((byte_of(q, j) >> (4 * hb)) & 0xF) | ((qh >> (idx + 16 * hb)) & 1) << 4;
+        v[j] = d * (float)(x - 16);
+    }
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q5_1>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 24 * (size_t)(c >> 2);
+    const int s = c & 3, hb = s >> 1;
+    const float d = f16_at(b), m = f16_at(b + 2);
+    const uint32_t qh = *(const uint32_t *)(b + 4);
+    const uint2 q = ld8_4(b + 8 + 8 * (s & 1));
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int idx = 8 * (s & 1) + j;
+        const int x = ((byte_of(q, j) >> (4 * hb)) & 0xF) | ((qh >> (idx + 16 * hb)) & 1) << 4;
+        v[j] = d * (float)x + m;
+    }
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q8_0>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 34 * (size_t)(c >> 2);
+    const float d = f16_at(b);
+    const uint2 q = ld8_2(b + 2 + 8 * (c & 3));
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = (float)(signed char)byte_of(q, j) * d;
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_IQ4_NL>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 18 * (size_t)(c >> 2);
+    const int s = c & 3, sh = 4 * (s >> 1);
+    const float d = f16_at(b);
+    const uint2 q = ld8_2(b + 2 + 8 * (s & 1));
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = d * (float)kv_iq4nl((byte_of(q, j) >> sh) & 0xF);
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_MXFP4>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 17 * (size_t)(c >> 2);
+    const int s = c & 3, sh = 4 * (s >> 1);
+    const float d = e8m0_half(b[0]);
+    const uint8_t *qs = b + 1 + 8 * (s & 1);
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = d * (float)kv_mxfp4((qs[j] >> sh) & 0xF);
+}
+
+/* k-quants: 256 values a block, so a warp's 32 chunks are exactly one block. Value i of a block
+ * is 128h + 32g + l (Q2_K, Q3_K, Q6_K) or sub-block i/32 (Q4_K, Q5_K, IQ4_XS). */
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q2_K>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 84 * (size_t)(c >> 5);
+    const int i = 8 * (c & 31), h = i >> 7, g = (i >> 5) & 3, l0 = i & 31;
+    const int sc = b[i >> 4];
+    const float dl = f16_at(b + 80) * (float)(sc & 0xF), ml = f16_at(b + 82) * (float)(sc >> 4);
+    const uint2 q = ld8_4(b + 16 + 32 * h + l0);
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = dl * (float)((byte_of(q, j) >> (2 * g)) & 3) - ml;
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q3_K>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 110 * (size_t)(c >> 5);
+    const int i = 8 * (c & 31), h = i >> 7, g = (i >> 5) & 3, l0 = i & 31, is = i >> 4;
+    const int low = (b[96 + (is & 7)] >> (4 * (is >> 3))) & 0xF;
+    const int high = (b[104 + (is & 3)] >> (2 * (is >> 2))) & 3;
+    const float dl = f16_at(b + 108) * (float)((low | high << 4) - 32);
+    const uint2 q = ld8_2(b + 32 + 32 * h + l0), hm = ld8_2(b + l0);
+    const int bit = 4 * h + g;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int x = (byte_of(q, j) >> (2 * g)) & 3;
+        if (!((byte_of(hm, j) >> bit) & 1)) x -= 4;
+        v[j] = dl * (float)x;
+    }
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q4_K>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 144 * (size_t)(c >> 5);
+    const int i = 8 * (c & 31), s = i >> 5, l0 = i & 31, sh = 4 * (s & 1);
+    int sc, m;
+    scale_min_k4(b + 4, s, &sc, &m);
+    const float ds = f16_at(b) * (float)sc, ms = f16_at(b + 2) * (float)m;
+    const uint2 q = ld8_8(b + 16 + 32 * (s >> 1) + l0);
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = ds * (float)((byte_of(q, j) >> sh) & 0xF) - ms;
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q5_K>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 176 * (size_t)(c >> 5);
+    const int i = 8 * (c & 31), s = i >> 5, l0 = i & 31, sh = 4 * (s & 1);
+    int sc, m;
+    scale_min_k4(b + 4, s, &sc, &m);
+    const float ds = f16_at(b) * (float)sc, ms = f16_at(b + 2) * (float)m;
+    const uint2 q = ld8_8(b + 48 + 32 * (s >> 1) + l0), qh = ld8_8(b + 16 + l0);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int x = ((byte_of(q, j) >> sh) & 0xF) | ((byte_of(qh, j) >> s) & 1) << 4;
+        v[j] = ds * (float)x - ms;
+    }
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_Q6_K>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 210 * (size_t)(c >> 5);
+    const int i = 8 * (c & 31), h = i >> 7, g = (i >> 5) & 3, l0 = i & 31;
+    const float ds = f16_at(b + 208) * (float)(signed char)b[192 + (i >> 4)];
+    const uint2 ql = ld8_2(b + 64 * h + 32 * (g & 1) + l0), qh = ld8_2(b + 128 + 32 * h + l0);
+    const int shl = 4 * (g >> 1), shh = 2 * g;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int x = ((byte_of(ql, j) >> shl) & 0xF) | ((byte_of(qh, j) >> shh) & 3) << 4;
+        v[j] = ds * (float)(x - 32);
+    }
+}
+
+template <> __device__ __forceinline__ void dq8<MS_TYPE_IQ4_XS>(const uint8_t *__restrict__ row, int c, float v[8]) {
+    const uint8_t *b = row + 136 * (size_t)(c >> 5);
+    const int i = 8 * (c & 31), s = i >> 5, w = i & 31;
+    const int sh_bits = *(const uint16_t *)(b + 2);
+    const int ls = ((b[4 + (s >> 1)] >> (4 * (s & 1))) & 0xF) | ((sh_bits >> (2 * s)) & 3) << 4;
+    const float dl = f16_at(b) * (float)(ls - 32);
+    const uint2 q = ld8_8(b + 8 + 16 * s + (w & 15));
+    const int nsh = (w >> 4) * 4;
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = dl * (float)kv_iq4nl((byte_of(q, j) >> nsh) & 0xF);
+}
+
+/* Every type the backend runs, for the dispatchers below. */
+#define MS_CUDA_TYPES(X)                                                                                    \
+    X(MS_TYPE_F32) X(MS_TYPE_F16) X(MS_TYPE_BF16) X(MS_TYPE_Q4_0) X(MS_TYPE_Q4_1) X(MS_TYPE_Q5_0)           \
+    X(MS_TYPE_Q5_1) X(MS_TYPE_Q8_0) X(MS_TYPE_Q2_K) X(MS_TYPE_Q3_K) X(MS_TYPE_Q4_K) X(MS_TYPE_Q5_K)         \
+    X(MS_TYPE_Q6_K) X(MS_TYPE_IQ4_NL) X(MS_TYPE_IQ4_XS) X(MS_TYPE_MXFP4)
+
+static int type_supported(int type) {
+    switch (type) {
+#define X(T) case T:
+        MS_CUDA_TYPES(X)
+#undef X
+        return 1;
+    default: return 0;
+    }
+}
+
+/* ================================================================== matrix products
+ * One launch computes, for every group g (an expert, or the whole batch for a dense weight) and
+ * every token slot s in [g.s0, g.s0 + g.ns), the products of the rows of g.w with the input row
+ * of s, and stores them by mode. Slot s reads x + (x_idx ? x_idx[s] : s) * ldx and writes
+ * y + s * ldy (ldx 0: every slot reads row 0). */
+
+typedef struct mv_group {
+    const uint8_t *w, *w2; /* w2: second matrix for MV_SWIGLU (the up projection) */
+    int s0, ns;
+} mv_group;
+
+enum { MV_STORE, MV_ADD, MV_SWIGLU, MV_GATED };
+
+typedef struct mv_args {
+    const mv_group *groups; /* device array, or NULL for the single group g */
+    mv_group g;
+    int n_groups;
+    int sum_groups;         /* one token: y[r] += sum over groups of scale[s0] * (row r . x[s0]) */
+    size_t row_bytes;
+    int n_in, n_out;
+    const float *x;
+    long long ldx;
+    const int *x_idx;
+    float *y;
+    long long ldy;
+    int mode;               /* MV_STORE y = v; MV_ADD y += scale[s] * v (scale NULL: 1);
+                               MV_SWIGLU y = silu(v) * v2; MV_GATED y += sigmoid(scale[s]) * v */
+    const float *scale;
+} mv_args;
+
+__device__ __forceinline__ void mv_out(const mv_args &a, int s, int r, float v, float v2) {
+    float *y = a.y + (size_t)s * a.ldy + r;
+    switch (a.mode) {
+    case MV_STORE: *y = v; break;
+    case MV_ADD: *y += (a.scale ? a.scale[s] : 1.0f) * v; break;
+    case MV_SWIGLU: *y = d_silu(v) * v2; break;
+    default: *y += d_sigmoid(a.scale[s]) * v; break;
+    }
+}
+
+__device__ __forceinline__ float dot8(const float v[8], const float *x) {
+    const float4 a = *(const float4 *)x, b = *(const float4 *)(x + 4);
+    return v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w;
+}
+
+#define MV_WARPS 4
+
+/* A warp per output row; lanes stride over the row's 8-value chunks; NT tokens at a time. */
+template <int TYPE, int NT> __global__ void __launch_bounds__(MV_WARPS * 32) k_mv(mv_args a) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (r >= a.n_out) return;
+    const int nc = a.n_in >> 3;
+    if (a.sum_groups) {
+        float total = 0.0f;
+        for (int gi = 0; gi < a.n_groups; gi++) {
+            const mv_group g = a.groups[gi];
+            const uint8_t *row = g.w + (size_t)r * a.row_bytes;
+            const float *xr = a.x + (size_t)(a.x_idx ? a.x_idx[g.s0] : g.s0) * a.ldx;
+            float acc = 0.0f;
+#pragma unroll 4
+            for (int c = lane; c < nc; c += 32) {
+                float v[8];
+                dq8<TYPE>(row, c, v);
+                acc += dot8(v, xr + 8 * c);
+            }
+            acc = warp_sum(acc);
+            total += (a.scale ? a.scale[g.s0] : 1.0f) * acc;
+        }
+        if (lane == 0) a.y[r] += total;
+        return;
+    }
+    const mv_group g = a.groups ? a.groups[blockIdx.y] : a.g;
+    const uint8_t *row = g.w + (size_t)r * a.row_bytes;
+    const uint8_t *row2 = g.w2 ? g.w2 + (size_t)r * a.row_bytes : NULL;
+    for (int t0 = 0; t0 < g.ns; t0 += NT) {
+        const int nt = min(NT, g.ns - t0);
+        const float *xr[NT];
+        float acc[NT], acc2[NT];
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            const int s = g.s0 + t0 + min(j, nt - 1);
+            xr[j] = a.x + (size_t)(a.x_idx ? a.x_idx[s] : s) * a.ldx;
+            acc[j] = acc2[j] = 0.0f;
+        }
+        if (row2) {
+#pragma unroll 2
+            for (int c = lane; c < nc; c += 32) {
+                float v[8], v2[8];
+                dq8<TYPE>(row, c, v);
+                dq8<TYPE>(row2, c, v2);
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    if (j < nt) {
+                        acc[j] += dot8(v, xr[j] + 8 * c);
+                        acc2[j] += dot8(v2, xr[j] + 8 * c);
+                    }
+            }
+        } else {
+#pragma unroll 4
+            for (int c = lane; c < nc; c += 32) {
+                float v[8];
+                dq8<TYPE>(row, c, v);
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    if (j < nt) acc[j] += dot8(v, xr[j] + 8 * c);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (j < nt) {
+                const float s1 = warp_sum(acc[j]);
+                const float s2 = row2 ? warp_sum(acc2[j]) : 0.0f;
+                if (lane == 0) mv_out(a, g.s0 + t0 + j, r, s1, s2);
+            }
+        }
+    }
+}
+
+#define MM_BM 64 /* rows per tile */
+#define MM_BN 64 /* tokens per tile */
+#define MM_BK 32 /* values of the shared dimension per step */
+
+/* Tiled product for many tokens: 256 threads, each 4 rows x 4 tokens; weights are dequantized
+ * into shared memory once per tile and reused by all 64 tokens. */
+template <int TYPE, bool DUAL> __global__ void __launch_bounds__(256) k_mm(mv_args a) {
+    const mv_group g = a.groups ? a.groups[blockIdx.z] : a.g;
+    const int t_base = blockIdx.y * MM_BN;
+    if (t_base >= g.ns) return;
+    const int r_base = blockIdx.x * MM_BM;
+    __shared__ __align__(16) float Ws[MM_BK][MM_BM + 4];
+    __shared__ __align__(16) float W2s[DUAL ? MM_BK : 1][MM_BM + 4];
+    __shared__ __align__(16) float Xs[MM_BK][MM_BN + 4];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int nc = a.n_in >> 3;
+    const int lrow = tid >> 2, lk = tid & 3;
+    const int gr = r_base + lrow;
+    const uint8_t *wrow = gr < a.n_out ? g.w + (size_t)gr * a.row_bytes : NULL;
+    const uint8_t *w2row = (DUAL && gr < a.n_out) ? g.w2 + (size_t)gr * a.row_bytes : NULL;
+    const int gt = t_base + lrow;
+    const float *xrow = NULL;
+    if (gt < g.ns) {
+        const int s = g.s0 + gt;
+        xrow = a.x + (size_t)(a.x_idx ? a.x_idx[s] : s) * a.ldx;
+    }
+    float acc[4][4], acc2[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = acc2[i][j] = 0.0f;
+    for (int k0 = 0; k0 < nc; k0 += MM_BK / 8) {
+        const int c = k0 + lk;
+        float v[8];
+        if (wrow && c < nc) dq8<TYPE>(wrow, c, v);
+        else
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) Ws[lk * 8 + j][lrow] = v[j];
+        if (DUAL) {
+            if (w2row && c < nc) dq8<TYPE>(w2row, c, v);
+            else
+#pragma unroll
+                for (int j = 0; j < 8; j++) v[j] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) W2s[lk * 8 + j][lrow] = v[j];
+        }
+        float4 x0 = make_float4(0, 0, 0, 0), x1 = x0;
+        if (xrow && c < nc) {
+            x0 = *(const float4 *)(xrow + 8 * c);
+            x1 = *(const float4 *)(xrow + 8 * c + 4);
+        }
+        Xs[lk * 8 + 0][lrow] = x0.x, Xs[lk * 8 + 1][lrow] = x0.y, Xs[lk * 8 + 2][lrow] = x0.z, Xs[lk * 8 + 3][lrow] = x0.w;
+        Xs[lk * 8 + 4][lrow] = x1.x, Xs[lk * 8 + 5][lrow] = x1.y, Xs[lk * 8 + 6][lrow] = x1.z, Xs[lk * 8 + 7][lrow] = x1.w;
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < MM_BK; kk++) {
+            const float4 wa = *(const float4 *)&Ws[kk][tx * 4];
+            const float4 xb = *(const float4 *)&Xs[kk][ty * 4];
+            const float wv[4] = {wa.x, wa.y, wa.z, wa.w}, xv[4] = {xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] += wv[i] * xv[j];
+            if (DUAL) {
+                const float4 wb = *(const float4 *)&W2s[kk][tx * 4];
+                const float w2v[4] = {wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc2[i][j] += w2v[i] * xv[j];
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int r = r_base + tx * 4 + i, t = t_base + ty * 4 + j;
+            if (r < a.n_out && t < g.ns) mv_out(a, g.s0 + t, r, acc[i][j], acc2[i][j]);
+        }
+}
+
+/* Picks the kernel for a launch: max_ns is the most slots any group has, n_groups the groups
+ * (grid.y for k_mv, grid.z for k_mm). */
+template <int TYPE> static void launch_mat_t(const mv_args &a, int max_ns, int n_groups, cudaStream_t st) {
+    const unsigned rows_mv = (unsigned)((a.n_out + MV_WARPS - 1) / MV_WARPS);
+    if (a.sum_groups) {
+        k_mv<TYPE, 1><<<dim3(rows_mv, 1), MV_WARPS * 32, 0, st>>>(a);
+    } else if (max_ns <= 8) {
+        dim3 grid(rows_mv, (unsigned)n_groups);
+        if (max_ns <= 1) k_mv<TYPE, 1><<<grid, MV_WARPS * 32, 0, st>>>(a);
+        else if (max_ns <= 2) k_mv<TYPE, 2><<<grid, MV_WARPS * 32, 0, st>>>(a);
+        else if (max_ns <= 4) k_mv<TYPE, 4><<<grid, MV_WARPS * 32, 0, st>>>(a);
+        else k_mv<TYPE, 8><<<grid, MV_WARPS * 32, 0, st>>>(a);
+    } else {
+        dim3 grid((unsigned)((a.n_out + MM_BM - 1) / MM_BM), (unsigned)((max_ns + MM_BN - 1) / MM_BN), (unsigned)n_groups);
+        if (a.mode == MV_SWIGLU) k_mm<TYPE, true><<<grid, 256, 0, st>>>(a);
+        else k_mm<TYPE, false><<<grid, 256, 0, st>>>(a);
+    }
+}
+
+static int launch_mat(int type, const mv_args &a, int max_ns, int n_groups, cudaStream_t st) {
+    if (a.n_out <= 0 || n_groups <= 0 || max_ns <= 0) return 0;
+    switch (type) {
+#define X(T) \
+    case T: launch_mat_t<T>(a, max_ns, n_groups, st); return 0;
+        MS_CUDA_TYPES(X)
+#undef X
+    default: return -1;
+    }
+}
+
+/* ================================================================== other kernels */
+
+/* x[t] = row ids[t] of a table (ids NULL: row t), dequantized. */
+template <int TYPE> __global__ void k_rows(const uint8_t *tab, size_t row_bytes, const int *ids, float *x, int n_in) {
+    const int t = blockIdx.x;
+    const uint8_t *row = tab + (size_t)(ids ? ids[t] : t) * row_bytes;
+    float *out = x + (size_t)t * n_in;
+    for (int c = threadIdx.x; c < (n_in >> 3); c += blockDim.x) {
+        float v[8];
+        dq8<TYPE>(row, c, v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) out[8 * c + j] = v[j];
+    }
+}
+
+static int launch_rows(int type, const uint8_t *tab, size_t row_bytes, const int *ids, float *x, int n_in, int n, cudaStream_t st) {
+    switch (type) {
+#define X(T) \
+    case T: k_rows<T><<<n, 128, 0, st>>>(tab, row_bytes, ids, x, n_in); return 0;
+        MS_CUDA_TYPES(X)
+#undef X
+    default: return -1;
+    }
+}
+
+/* y[t] = x[t] * s * w with s = 1 / sqrt(mean(x^2) + eps), as forward.c's rmsnorm. */
+__global__ void k_rmsnorm(const float *x, long long ldx, float *y, long long ldy, const float *w, int n, float eps) {
+    const float *xr = x + (size_t)blockIdx.x * ldx;
+    float *yr = y + (size_t)blockIdx.x * ldy;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    const float s = (float)(1.0 / sqrt((double)ss / n + eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * s * (w ? w[i] : 1.0f);
+}
+
+/* Query/key preparation: per-head RMS norm (if the model has one) and NeoX RoPE. Block y < n_head
+ * takes query head y from the projection a into q; the rest take key heads in place in the cache. */
+__global__ void k_qk_prep(const float *a, int qw, int gated, float *q, float *kc, int kvd, const float *qn, const float *kn,
+                          int n_head, int hd, int n_rot, int pos0, float base, float eps) {
+    __shared__ float v[256];
+    const int t = blockIdx.x, hh = blockIdx.y;
+    const float *src, *w;
+    float *dst;
+    if (hh < n_head) {
+        src = a + (size_t)t * qw + (size_t)hh * hd * (gated ? 2 : 1);
+        dst = q + ((size_t)t * n_head + hh) * hd;
+        w = qn;
+    } else {
+        dst = kc + (size_t)t * kvd + (size_t)(hh - n_head) * hd;
+        src = dst;
+        w = kn;
+    }
+    float ss = 0.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        v[d] = src[d];
+        ss += v[d] * v[d];
+    }
+    if (w) {
+        ss = block_sum(ss);
+        const float s = (float)(1.0 / sqrt((double)ss / hd + eps));
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) v[d] = v[d] * s * w[d];
+    }
+    __syncthreads();
+    const int half = n_rot / 2, pos = pos0 + t;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = 1.0f / powf(base, (float)(2 * i) / (float)n_rot);
+        const float theta = (float)pos * inv_freq;
+        const float c = cosf(theta), s = sinf(theta);
+        const float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * c - x1 * s;
+        v[i + half] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) dst[d] = v[d];
+}
+
+#define ATT_WARPS 8
+
+/* Causal attention for (head, token): online softmax over positions 0..pos0+t, a warp per
+ * position stride, merged across warps; then the per-head output gate if the model has one. */
+template <int MAXJ>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn(const float *q, const float *kc, const float *vc, float *out, const float *gsrc, int n_head, int n_head_kv, int hd,
+           int pos0, int qw, int gated) {
+    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int kvd = n_head_kv * hd, kvh = h / (n_head / n_head_kv), npos = pos0 + t + 1;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *qh = q + ((size_t)t * n_head + h) * hd;
+    float qv[MAXJ], acc[MAXJ];
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+        const int d = lane + 32 * j;
+        qv[j] = d < hd ? qh[d] : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int p = w; p < npos; p += ATT_WARPS) {
+        const float *kp = kc + (size_t)p * kvd + (size_t)kvh * hd, *vp = vc + (size_t)p * kvd + (size_t)kvh * hd;
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) s += qv[j] * kp[d];
+        }
+        s = warp_sum(s) * scale;
+        const float mn = fmaxf(m, s), cf = expf(m - mn), e = expf(s - mn);
+        l = l * cf + e;
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) acc[j] = acc[j] * cf + e * vp[d];
+        }
+        m = mn;
+    }
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][MAXJ * 32];
+    if (lane == 0) sm[w] = m, sl[w] = l;
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) sacc[w][lane + 32 * j] = acc[j];
+    __syncthreads();
+    if (w != 0) return;
+    float M = -INFINITY, L = 0.0f;
+    for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, sm[i]);
+    float f[ATT_WARPS];
+    for (int i = 0; i < ATT_WARPS; i++) {
+        f[i] = sl[i] > 0.0f ? expf(sm[i] - M) : 0.0f;
+        L += sl[i] * f[i];
+    }
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+        const int d = lane + 32 * j;
+        if (d >= hd) continue;
+        float o = 0.0f;
+        for (int i = 0; i < ATT_WARPS; i++) o += sacc[i][d] * f[i];
+        o /= L;
+        if (gated) o *= d_sigmoid(gsrc[(size_t)t * qw + (size_t)h * 2 * hd + hd + d]);
+        out[((size_t)t * n_head + h) * hd + d] = o;
+    }
+}
+
+/* Gated DeltaNet gates: beta = sigmoid(b), g = softplus(a + dt_bias) * ssm_a (log of the decay).
+ * ba (qwen3next) holds [n_k_heads][beta x r | alpha x r]; otherwise braw/araw are [T][nv]. */
+__global__ void k_gdn_prep(const float *ba, const float *braw, const float *araw, const float *dt_bias, const float *ssm_a,
+                           float *beta, float *g, int T, int nv, int nk) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * nv) return;
+    const int t = i / nv, h = i % nv;
+    float b, a;
+    if (ba) {
+        const int r = nv / nk, grp = h / r, j = h % r;
+        b = ba[(size_t)t * 2 * nv + grp * 2 * r + j];
+        a = ba[(size_t)t * 2 * nv + grp * 2 * r + r + j];
+    } else {
+        b = braw[i];
+        a = araw[i];
+    }
+    beta[i] = d_sigmoid(b);
+    g[i] = d_softplus(a + dt_bias[h]) * ssm_a[h];
+}
+
+/* Causal depthwise conv over [state (K-1 rows) | new rows] then SiLU; a thread per channel, which
+ * also keeps the channel's last K-1 inputs as the new state. */
+__global__ void k_conv(const float *pre, float *st, const float *w, float *out, int T, int cd, int K) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cd) return;
+    const float *wc = w + (size_t)c * K;
+    for (int t = 0; t < T; t++) {
+        float s = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const int src = t + k - (K - 1);
+            const float xv = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * cd + c];
+            s += wc[k] * xv;
+        }
+        out[(size_t)t * cd + c] = d_silu(s);
+    }
+    for (int k = 0; k < K - 1; k++) {
+        const int src = T - (K - 1) + k;
+        st[(size_t)k * cd + c] = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * cd + c];
+    }
+}
+
+/* L2 norm of each query and key head of each token (block (t, head), one warp). */
+__global__ void k_l2norm(float *qkv, int cd, int dk, float eps) {
+    float *x = qkv + (size_t)blockIdx.x * cd + (size_t)blockIdx.y * dk;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dk; i += 32) ss += x[i] * x[i];
+    ss = warp_sum(ss);
+    const float s = (float)(1.0 / sqrt((double)ss + eps));
+    for (int i = threadIdx.x; i < dk; i += 32) x[i] *= s;
+}
+
+#define GDN_WARPS 4
+
+/* The delta rule: a warp owns row jj (a value dim) of head h's state S[dv][dk], kept in
+ * registers across the batch's tokens, which are taken in order. */
+template <int MAXJ>
+__global__ void __launch_bounds__(GDN_WARPS * 32)
+    k_gdn_scan(float *S, const float *qkv, const float *gg, const float *beta, float *o, int T, int nk, int nv, int dk, int dv,
+               int cd, int interleave) {
+    const int h = blockIdx.x, lane = threadIdx.x & 31, jj = blockIdx.y * GDN_WARPS + (threadIdx.x >> 5);
+    if (jj >= dv) return;
+    const int kh = interleave ? h / (nv / nk) : h % nk;
+    float *row = S + ((size_t)h * dv + jj) * dk;
+    float s[MAXJ];
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+        const int d = lane + 32 * j;
+        s[j] = d < dk ? row[d] : 0.0f;
+    }
+    const float scale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < T; t++) {
+        const float *conv = qkv + (size_t)t * cd;
+        const float *qp = conv + (size_t)kh * dk, *kp = conv + (size_t)nk * dk + (size_t)kh * dk;
+        const float vv = conv[(size_t)2 * nk * dk + (size_t)h * dv + jj];
+        const float decay = expf(gg[(size_t)t * nv + h]), b = beta[(size_t)t * nv + h];
+        float kr[MAXJ], kv = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int d = lane + 32 * j;
+            kr[j] = d < dk ? kp[d] : 0.0f;
+            s[j] *= decay;
+            kv += s[j] * kr[j];
+        }
+        kv = warp_sum(kv);
+        const float delta = (vv - kv) * b;
+        float out = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int d = lane + 32 * j;
+            s[j] += kr[j] * delta;
+            if (d < dk) out += s[j] * qp[d];
+        }
+        out = warp_sum(out);
+        if (lane == 0) o[(size_t)t * nv * dv + (size_t)h * dv + jj] = out * scale;
+    }
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+        const int d = lane + 32 * j;
+        if (d < dk) row[d] = s[j];
+    }
+}
+
+/* Gated RMS norm of each head's output: norm(o) * w * silu(z) (block (t, h)). */
+__global__ void k_gated_norm(float *o, const float *z, const float *w, int nv, int dv, float eps) {
+    const size_t off = ((size_t)blockIdx.x * nv + blockIdx.y) * dv;
+    float *x = o + off;
+    const float *zz = z + off;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dv; i += blockDim.x) ss += x[i] * x[i];
+    ss = block_sum(ss);
+    const float s = (float)(1.0 / sqrt((double)ss / dv + eps));
+    for (int i = threadIdx.x; i < dv; i += blockDim.x) x[i] = x[i] * s * w[i] * d_silu(zz[i]);
+}
+
+/* Router: softmax over the experts, top-k (ties to the lower index, as forward.c), optional
+ * renormalization and scale. Block per token; p is NE floats of dynamic shared memory. */
+__global__ void k_topk(const float *logits, int NE, int K, int norm_topk, float wscale, int *sel, float *selw) {
+    extern __shared__ float p[];
+    __shared__ int chosen[64];
+    __shared__ float chosen_w[64];
+    __shared__ float rv[32];
+    __shared__ int ri[32];
+    const int t = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const float *lg = logits + (size_t)t * NE;
+    float mx = -INFINITY;
+    for (int x = threadIdx.x; x < NE; x += blockDim.x) mx = fmaxf(mx, lg[x]);
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int x = threadIdx.x; x < NE; x += blockDim.x) {
+        const float e = expf(lg[x] - mx);
+        p[x] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    for (int x = threadIdx.x; x < NE; x += blockDim.x) p[x] = p[x] / sum;
+    __syncthreads();
+    for (int k = 0; k < K; k++) {
+        float bv = -2.0f;
+        int bi = 0x7fffffff;
+        for (int x = threadIdx.x; x < NE; x += blockDim.x)
+            if (p[x] > bv) bv = p[x], bi = x; /* ascending x: the first of equals stays */
+        for (int o = 16; o; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+        }
+        if (lane == 0) rv[w] = bv, ri[w] = bi;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int i = 1; i < nw; i++)
+                if (rv[i] > bv || (rv[i] == bv && ri[i] < bi)) bv = rv[i], bi = ri[i];
+            chosen[k] = bi;
+            chosen_w[k] = p[bi];
+            p[bi] = -1.0f; /* below every probability: taken */
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        float wsum = 0.0f;
+        for (int k = 0; k < K; k++) wsum += chosen_w[k];
+        for (int k = 0; k < K; k++) {
+            float wk = chosen_w[k];
+            if (norm_topk) wk /= wsum;
+            if (wscale != 0.0f) wk *= wscale;
+            sel[(size_t)t * K + k] = chosen[k];
+            selw[(size_t)t * K + k] = wk;
+        }
+    }
+}
+
+/* Decode with every expert resident: the groups of the K chosen experts, from the layer's table
+ * of expert slots, with no trip to the host. */
+__global__ void k_route_resident(const int *sel, const uint8_t *const *base, size_t off_up, size_t off_down, int K,
+                                 mv_group *up, mv_group *down) {
+    const int k = threadIdx.x;
+    if (k >= K) return;
+    const uint8_t *b = base[sel[k]];
+    up[k].w = b, up[k].w2 = b + off_up, up[k].s0 = k, up[k].ns = 1;
+    down[k].w = b + off_down, down[k].w2 = NULL, down[k].s0 = k, down[k].ns = 1;
+}
+
+/* x[t][r] += sum_k w[t][k] * y[slot_of[t][k]][r]: the experts' outputs, back in token order. */
+__global__ void k_combine(float *x, const float *ybuf, const float *selw, const int *slot_of, int T, int K, int E) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * E) return;
+    const int t = (int)(i / E), r = (int)(i % E);
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++) acc += selw[(size_t)t * K + k] * ybuf[(size_t)slot_of[(size_t)t * K + k] * E + r];
+    x[i] += acc;
+}
+
+__global__ void k_swiglu(float *g, const float *u, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) g[i] = d_silu(g[i]) * u[i];
+}
+
+/* ================================================================== host side */
+
+#define ALIGN 256
+#define LOGIT_ROWS 32 /* rows of logits computed per lm_head launch */
+#define MAX_TOPK 64
+
+/* A weight in VRAM. */
+typedef struct dmat {
+    int type;
+    int n_in, n_out;
+    size_t row_bytes;
+    const uint8_t *d; /* NULL: absent */
+} dmat;
+
+typedef struct dlayer {
+    ms_layer_kind kind;
+    const float *attn_norm, *ffn_norm;
+    dmat wq, wk, wv, wo;
+    const float *q_norm, *k_norm;
+    int attn_gated;
+    dmat wqkv, wz, wbeta, walpha, wba, ssm_out;
+    const float *conv1d, *dt_bias, *ssm_a, *ssm_norm;
+    dmat router, sh_gate, sh_up, sh_down, sh_router;
+    float *k_cache, *v_cache;        /* [n_ctx][n_head_kv * head_dim] */
+    float *conv_state, *ssm_state;   /* [d_conv - 1][conv_dim], [n_v_heads][d_v][d_k] */
+    /* an expert of this layer inside a cache slot: gate at 0, up at off_up, down at off_down */
+    size_t sz_gate, sz_up, sz_down, off_up, off_down;
+} dlayer;
+
+/* A pending store release: experts whose host bytes a queued copy may still read. */
+typedef struct pending {
+    int il, n;
+    int *ids;
+} pending;
+
+typedef struct cu_ctx {
+    const struct ms_model *m;
+    ms_store *store;
+    int dev;
+    int n_ctx, n_batch, pos, n_logits;
+    cudaStream_t cs, xs;             /* compute, copy */
+    cudaEvent_t ev_route;
+    cudaEvent_t *ev_copy;            /* [n_expert]: one per miss of a wave */
+    /* VRAM: one arena for weights, state and scratch; the expert slots apart */
+    uint8_t *arena;
+    size_t arena_size, arena_used;
+    dlayer *L;
+    dmat tok_embd, output;
+    const float *output_norm;
+    float *x, *h, *a, *q, *att, *qkv, *z, *beta, *gg, *braw, *araw, *ba, *gdn_o, *router, *selw, *act, *ybuf, *sh_act,
+        *sh_tmp, *sh_gate, *dlogits, *states;
+    int *sel, *tok, *x_idx, *slot_of;
+    float *slot_w;
+    mv_group *grp_up;
+    const uint8_t **exp_base;        /* [n_layer][n_expert] slot of each expert (resident mode) */
+    size_t state_floats;
+    /* host, pinned */
+    int *h_tok, *h_sel, *h_x_idx, *h_slot_of;
+    float *h_selw, *h_slot_w, *logits_pin;
+    mv_group *h_grp_up;
+    /* host */
+    int32_t *history;
+    float *logits_host;              /* [n_batch][n_vocab] when more rows than LOGIT_ROWS */
+    const float *logits_rows;        /* what ms_logits reads */
+    int *exp_count, *exp_ids, *exp_first, *exp_index, *fill, *order; /* [n_expert] ([2 n_expert] order) */
+    uint8_t **miss_dst;              /* [n_expert] */
+    ms_expert_ref *refs;             /* [n_expert] */
+    /* the expert cache */
+    uint8_t *slots;
+    size_t slot_bytes;
+    int n_slots, resident, next_free;
+    int *slot_owner;                 /* [n_slots]: il * n_expert + e, or -1 */
+    uint32_t *slot_wave;             /* [n_slots]: last wave that used it (in use while == wave) */
+    int *map_slot;                   /* [n_layer * n_expert]: slot or -1 */
+    uint32_t *freq;                  /* [n_layer * n_expert]: recent request counts */
+    uint64_t req_since_aging, rng;
+    uint32_t wave;
+    /* host -> VRAM transfers */
+    int n_reg;
+    const uint8_t **reg_lo, **reg_hi; /* page-locked host ranges (the file mapping) */
+    uint8_t *staging;
+    int n_stage, stage_head;
+    cudaEvent_t *stage_ev;
+    ms_pool *pool;
+    pending pend;
+    /* recurrent-state checkpoints (host copies) */
+    struct {
+        int pos;
+        float *state;
+        uint64_t used;
+    } ckpt[MS_N_CHECKPOINTS];
+    uint64_t ckpt_clock;
+    ms_timing timing;
+    int timing_on;                   /* MS_CUDA_TIMING=1: per-phase GPU times from events */
+    cudaEvent_t *tev;                /* [n_layer][4] */
+    double stall;                    /* scratch for timing */
+} cu_ctx;
+
+static int cuda_fail(ms_err *e, cudaError_t rc, const char *what) {
+    return ms_fail(e, MS_ERR_IO, "CUDA error %s (%s) in %s", cudaGetErrorName(rc), cudaGetErrorString(rc), what);
+}
+
+#define CK(call)                                                        \
+    do {                                                                \
+        cudaError_t rc_ = (call);                                       \
+        if (rc_ != cudaSuccess) return cuda_fail(e, rc_, #call);        \
+    } while (0)
+
+static size_t align_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
+
+/* Takes n bytes of the arena; while c->arena is NULL only counts them (the sizing pass). */
+static void *take(cu_ctx *c, size_t n) {
+    size_t off = c->arena_used;
+    c->arena_used += align_up(n ? n : 1);
+    return c->arena ? c->arena + off : NULL;
+}
+
+static float *take_f(cu_ctx *c, size_t n) { return (float *)take(c, n * sizeof(float)); }
+
+static int up_mat(cu_ctx *c, const ms_mat *src, dmat *dst, ms_err *e) {
+    memset(dst, 0, sizeof *dst);
+    if (!src->data) return MS_OK;
+    dst->type = src->type;
+    dst->n_in = (int)src->n_in;
+    dst->n_out = (int)src->n_out;
+    dst->row_bytes = src->row_bytes;
+    size_t n = src->row_bytes * (size_t)src->n_out;
+    dst->d = (const uint8_t *)take(c, n);
+    if (c->arena) CK(cudaMemcpy((void *)dst->d, src->data, n, cudaMemcpyHostToDevice));
+    return MS_OK;
+}
+
+static int up_vec(cu_ctx *c, const float *src, size_t n, const float **dst, ms_err *e) {
+    *dst = NULL;
+    if (!src) return MS_OK;
+    float *d = take_f(c, n);
+    if (c->arena) CK(cudaMemcpy(d, src, n * sizeof(float), cudaMemcpyHostToDevice));
+    *dst = d;
+    return MS_OK;
+}
+
+#define TRY(x)                  \
+    do {                        \
+        int rc2_ = (x);         \
+        if (rc2_) return rc2_;  \
+    } while (0)
+
+/* Lays out (and, once the arena exists, fills) everything but the expert slots. */
+static int plan(cu_ctx *c, ms_err *e) {
+    const struct ms_model *m = c->m;
+    const ms_hparams *hp = &m->hp;
+    c->arena_used = 0;
+    size_t T = (size_t)c->n_batch, E = (size_t)hp->n_embd, NE = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    TRY(up_mat(c, &m->tok_embd, &c->tok_embd, e));
+    if (m->output.data == m->tok_embd.data) c->output = c->tok_embd;
+    else TRY(up_mat(c, &m->output, &c->output, e));
+    TRY(up_vec(c, m->output_norm, E, &c->output_norm, e));
+    size_t qw = 0;
+    c->state_floats = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const ms_layer *ly = &m->layers[il];
+        dlayer *d = &c->L[il];
+        d->kind = ly->kind;
+        TRY(up_vec(c, ly->attn_norm, E, &d->attn_norm, e));
+        TRY(up_vec(c, ly->ffn_norm, E, &d->ffn_norm, e));
+        if (ly->kind == MS_LAYER_ATTN) {
+            TRY(up_mat(c, &ly->wq, &d->wq, e));
+            TRY(up_mat(c, &ly->wk, &d->wk, e));
+            TRY(up_mat(c, &ly->wv, &d->wv, e));
+            TRY(up_mat(c, &ly->wo, &d->wo, e));
+            TRY(up_vec(c, ly->q_norm, (size_t)hp->head_dim, &d->q_norm, e));
+            TRY(up_vec(c, ly->k_norm, (size_t)hp->head_dim, &d->k_norm, e));
+            d->attn_gated = ly->attn_gated;
+            qw = MS_MAX(qw, (size_t)ly->wq.n_out);
+            d->k_cache = take_f(c, (size_t)c->n_ctx * kvd);
+            d->v_cache = take_f(c, (size_t)c->n_ctx * kvd);
+        } else {
+            TRY(up_mat(c, &ly->wqkv, &d->wqkv, e));
+            TRY(up_mat(c, &ly->wz, &d->wz, e));
+            TRY(up_mat(c, &ly->wbeta, &d->wbeta, e));
+            TRY(up_mat(c, &ly->walpha, &d->walpha, e));
+            TRY(up_mat(c, &ly->wba, &d->wba, e));
+            TRY(up_mat(c, &ly->ssm_out, &d->ssm_out, e));
+            TRY(up_vec(c, ly->conv1d, (size_t)hp->conv_dim * hp->d_conv, &d->conv1d, e));
+            TRY(up_vec(c, ly->dt_bias, (size_t)hp->n_v_heads, &d->dt_bias, e));
+            TRY(up_vec(c, ly->ssm_a, (size_t)hp->n_v_heads, &d->ssm_a, e));
+            TRY(up_vec(c, ly->ssm_norm, (size_t)hp->d_v, &d->ssm_norm, e));
+            c->state_floats += (size_t)(hp->d_conv - 1) * hp->conv_dim + (size_t)hp->n_v_heads * hp->d_v * hp->d_k;
+        }
+        TRY(up_mat(c, &ly->router, &d->router, e));
+        TRY(up_mat(c, &ly->sh_gate, &d->sh_gate, e));
+        TRY(up_mat(c, &ly->sh_up, &d->sh_up, e));
+        TRY(up_mat(c, &ly->sh_down, &d->sh_down, e));
+        TRY(up_mat(c, &ly->sh_router, &d->sh_router, e));
+    }
+    /* recurrent state: one block, so a checkpoint is one copy */
+    c->states = take_f(c, c->state_floats);
+    float *st = c->states;
+    for (int il = 0; il < hp->n_layer && st; il++) {
+        if (c->L[il].kind != MS_LAYER_GDN) continue;
+        c->L[il].conv_state = st;
+        st += (size_t)(hp->d_conv - 1) * hp->conv_dim;
+        c->L[il].ssm_state = st;
+        st += (size_t)hp->n_v_heads * hp->d_v * hp->d_k;
+    }
+    size_t vd = (size_t)hp->n_v_heads * hp->d_v, nv = (size_t)hp->n_v_heads;
+    size_t a_w = MS_MAX(E, MS_MAX(qw, (size_t)hp->conv_dim));
+    c->x = take_f(c, T * E);
+    c->h = take_f(c, T * E);
+    c->a = take_f(c, T * a_w);
+    c->q = take_f(c, T * hp->n_head * hp->head_dim);
+    c->att = take_f(c, T * hp->n_head * hp->head_dim);
+    c->qkv = take_f(c, T * hp->conv_dim);
+    c->z = take_f(c, T * vd);
+    c->gdn_o = take_f(c, T * vd);
+    c->beta = take_f(c, T * nv);
+    c->gg = take_f(c, T * nv);
+    c->braw = take_f(c, T * nv);
+    c->araw = take_f(c, T * nv);
+    c->ba = take_f(c, T * 2 * nv);
+    c->router = take_f(c, T * NE);
+    c->sel = (int *)take(c, T * K * sizeof(int));
+    c->selw = take_f(c, T * K);
+    c->act = take_f(c, T * K * hp->n_ff_exp);
+    c->ybuf = T > 1 ? take_f(c, T * K * E) : NULL;
+    c->sh_act = take_f(c, T * hp->n_ff_shexp);
+    c->sh_tmp = take_f(c, T * hp->n_ff_shexp);
+    c->sh_gate = take_f(c, T);
+    c->tok = (int *)take(c, T * sizeof(int));
+    /* the upload block: x_idx, slot_of, slot_w of every slot, one copy per layer */
+    int *blk = (int *)take(c, 3 * T * K * sizeof(int));
+    c->x_idx = blk;
+    c->slot_of = blk ? blk + T * K : NULL;
+    c->slot_w = blk ? (float *)(blk + 2 * T * K) : NULL;
+    c->grp_up = (mv_group *)take(c, 2 * NE * sizeof(mv_group)); /* a wave's up groups, then its down groups */
+    c->exp_base = (const uint8_t **)take(c, (size_t)hp->n_layer * NE * sizeof(void *));
+    c->dlogits = take_f(c, (size_t)MS_MIN((size_t)LOGIT_ROWS, T) * hp->n_vocab);
+    return MS_OK;
+}
+
+/* ---------------------------------------------------------------- launch helpers */
+
+/* A dense weight over the batch: y[t] (mode) W . x[t]. w2: fused gate/up (MV_SWIGLU). */
+static int run_mat(cu_ctx *c, const dmat *w, const dmat *w2, const float *x, long long ldx, float *y, long long ldy, int T,
+                   int mode, const float *scale) {
+    mv_args a;
+    memset(&a, 0, sizeof a);
+    a.g.w = w->d;
+    a.g.w2 = w2 ? w2->d : NULL;
+    a.g.s0 = 0;
+    a.g.ns = T;
+    a.n_groups = 1;
+    a.row_bytes = w->row_bytes;
+    a.n_in = w->n_in;
+    a.n_out = w->n_out;
+    a.x = x;
+    a.ldx = ldx;
+    a.y = y;
+    a.ldy = ldy;
+    a.mode = mode;
+    a.scale = scale;
+    return launch_mat(w->type, a, T, 1, c->cs);
+}
+
+/* Launches the products of n groups of one layer's experts: gu/gd are device arrays of the
+ * gate|up and down groups; scale (device, by slot) weighs each slot's output for one token. */
+static int run_experts(cu_ctx *c, const ms_layer *ly, const mv_group *gu, const mv_group *gd, int n, int max_ns, int T,
+                       const float *scale) {
+    const ms_hparams *hp = &c->m->hp;
+    mv_args a;
+    memset(&a, 0, sizeof a);
+    /* gate/up: act[s] = silu(gate . h[tok s]) * (up . h[tok s]) */
+    a.groups = gu;
+    a.n_groups = n;
+    a.row_bytes = ly->gate_exps.row_bytes;
+    a.n_in = (int)ly->gate_exps.n_in;
+    a.n_out = (int)ly->gate_exps.n_out;
+    a.x = c->h;
+    a.ldx = T == 1 ? 0 : hp->n_embd;
+    a.x_idx = T == 1 ? NULL : c->x_idx;
+    a.y = c->act;
+    a.ldy = hp->n_ff_exp;
+    a.mode = MV_SWIGLU;
+    if (launch_mat(ly->gate_exps.type, a, max_ns, n, c->cs)) return -1;
+    /* down: one token adds straight into the residual; a batch stores per slot for k_combine */
+    memset(&a, 0, sizeof a);
+    a.groups = gd;
+    a.n_groups = n;
+    a.row_bytes = ly->down_exps.row_bytes;
+    a.n_in = (int)ly->down_exps.n_in;
+    a.n_out = (int)ly->down_exps.n_out;
+    a.x = c->act;
+    a.ldx = hp->n_ff_exp;
+    if (T == 1) {
+        a.sum_groups = 1;
+        a.y = c->x;
+        a.mode = MV_ADD;
+        a.scale = scale;
+    } else {
+        a.y = c->ybuf;
+        a.ldy = hp->n_embd;
+        a.mode = MV_STORE;
+    }
+    return launch_mat(ly->down_exps.type, a, max_ns, n, c->cs);
+}
+
+static void tev_record(cu_ctx *c, int il, int k) {
+    if (c->timing_on) cudaEventRecord(c->tev[il * 4 + k], c->cs);
+}
+
+/* ---------------------------------------------------------------- attention, Gated DeltaNet */
+
+static int attention(cu_ctx *c, const dlayer *d, int T) {
+    const ms_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, E = hp->n_embd, qw = d->wq.n_out, qd = hp->n_head * hd;
+    float *kc = d->k_cache + (size_t)c->pos * kvd, *vc = d->v_cache + (size_t)c->pos * kvd;
+    /* the (gated) query projection goes to a, keys and values straight into the cache */
+    if (run_mat(c, &d->wq, NULL, c->h, E, c->a, qw, T, MV_STORE, NULL)) return -1;
+    if (run_mat(c, &d->wk, NULL, c->h, E, kc, kvd, T, MV_STORE, NULL)) return -1;
+    if (run_mat(c, &d->wv, NULL, c->h, E, vc, kvd, T, MV_STORE, NULL)) return -1;
+    k_qk_prep<<<dim3((unsigned)T, (unsigned)(hp->n_head + hp->n_head_kv)), 64, 0, c->cs>>>(
+        c->a, qw, d->attn_gated, c->q, kc, kvd, d->q_norm, d->k_norm, hp->n_head, hd, hp->n_rot, c->pos, hp->rope_base,
+        hp->norm_eps);
+    dim3 grid((unsigned)hp->n_head, (unsigned)T);
+#define ATT(J) \
+    k_attn<J><<<grid, ATT_WARPS * 32, 0, c->cs>>>(c->q, d->k_cache, d->v_cache, c->att, c->a, hp->n_head, hp->n_head_kv, hd, c->pos, qw, d->attn_gated)
+    if (hd <= 32) ATT(1);
+    else if (hd <= 64) ATT(2);
+    else if (hd <= 128) ATT(4);
+    else ATT(8);
+#undef ATT
+    return run_mat(c, &d->wo, NULL, c->att, qd, c->x, E, T, MV_ADD, NULL);
+}
+
+static int gated_deltanet(cu_ctx *c, const dlayer *d, int T) {
+    const ms_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd, nv = hp->n_v_heads, nk = hp->n_k_heads, dk = hp->d_k, dv = hp->d_v, cd = hp->conv_dim;
+    const int vd = nv * dv;
+    if (run_mat(c, &d->wqkv, NULL, c->h, E, c->a, cd, T, MV_STORE, NULL)) return -1;
+    if (run_mat(c, &d->wz, NULL, c->h, E, c->z, vd, T, MV_STORE, NULL)) return -1;
+    if (d->wba.d) {
+        if (run_mat(c, &d->wba, NULL, c->h, E, c->ba, 2 * nv, T, MV_STORE, NULL)) return -1;
+    } else {
+        if (run_mat(c, &d->wbeta, NULL, c->h, E, c->braw, nv, T, MV_STORE, NULL)) return -1;
+        if (run_mat(c, &d->walpha, NULL, c->h, E, c->araw, nv, T, MV_STORE, NULL)) return -1;
+    }
+    k_gdn_prep<<<(T * nv + 127) / 128, 128, 0, c->cs>>>(d->wba.d ? c->ba : NULL, c->braw, c->araw, d->dt_bias, d->ssm_a, c->beta,
+                                                      c->gg, T, nv, nk);
+    k_conv<<<(cd + 127) / 128, 128, 0, c->cs>>>(c->a, d->conv_state, d->conv1d, c->qkv, T, cd, hp->d_conv);
+    k_l2norm<<<dim3((unsigned)T, (unsigned)(2 * nk)), 32, 0, c->cs>>>(c->qkv, cd, dk, hp->norm_eps);
+    dim3 grid((unsigned)nv, (unsigned)((dv + GDN_WARPS - 1) / GDN_WARPS));
+#define SCAN(J) \
+    k_gdn_scan<J><<<grid, GDN_WARPS * 32, 0, c->cs>>>(d->ssm_state, c->qkv, c->gg, c->beta, c->gdn_o, T, nk, nv, dk, dv, cd, hp->gdn_interleave)
+    if (dk <= 32) SCAN(1);
+    else if (dk <= 64) SCAN(2);
+    else if (dk <= 128) SCAN(4);
+    else SCAN(8);
+#undef SCAN
+    k_gated_norm<<<dim3((unsigned)T, (unsigned)nv), 64, 0, c->cs>>>(c->gdn_o, c->z, d->ssm_norm, nv, dv, hp->norm_eps);
+    return run_mat(c, &d->ssm_out, NULL, c->gdn_o, vd, c->x, E, T, MV_ADD, NULL);
+}
+
+/* ---------------------------------------------------------------- the expert cache */
+
+static void cache_request(cu_ctx *c, int key) {
+    if (c->freq[key] < 0xFFFFFFFFu) c->freq[key]++;
+    if (++c->req_since_aging >= 4 * (uint64_t)c->n_slots) {
+        /* halve every count now and then, so experts that fell out of use can be evicted */
+        size_t n = (size_t)c->m->hp.n_layer * c->m->hp.n_expert;
+        for (size_t i = 0; i < n; i++) c->freq[i] >>= 1;
+        c->req_since_aging = 0;
+    }
+}
+
+/* A slot for a new expert: a never-used one, else the least requested owner among a random
+ * sample of slots the current wave does not use. -1 if every slot is in use. */
+static int cache_victim(cu_ctx *c) {
+    if (c->next_free < c->n_slots) return c->next_free++;
+    int best = -1;
+    uint32_t bf = 0;
+    for (int i = 0; i < 16; i++) {
+        c->rng = c->rng * 6364136223846793005ull + 1442695040888963407ull;
+        const int s = (int)((c->rng >> 33) % (uint64_t)c->n_slots);
+        if (c->slot_wave[s] == c->wave) continue;
+        const uint32_t f = c->freq[c->slot_owner[s]];
+        if (best < 0 || f < bf) best = s, bf = f;
+    }
+    if (best >= 0) return best;
+    for (int s = 0; s < c->n_slots; s++)
+        if (c->slot_wave[s] != c->wave) return s;
+    return -1;
+}
+
+static uint8_t *slot_ptr(const cu_ctx *c, int s) { return c->slots + (size_t)s * c->slot_bytes; }
+
+static void flush_pending(cu_ctx *c) {
+    if (c->pend.n) experts_release(c->store, c->pend.il, c->pend.ids, c->pend.n);
+    c->pend.n = 0;
+}
+
+static int in_registered(const cu_ctx *c, const uint8_t *p, size_t n) {
+    for (int i = 0; i < c->n_reg; i++)
+        if (p >= c->reg_lo[i] && p + n <= c->reg_hi[i]) return 1;
+    return 0;
+}
+
+typedef struct stage_job {
+    cu_ctx *c;
+    const dlayer *d;
+    const ms_expert_ref *refs;
+    uint8_t *const *dst;
+    int base; /* first miss of this batch */
+} stage_job;
+
+/* One miss through a pinned staging buffer: wait until the buffer's last copy is done, fill it
+ * from the store's bytes, queue its copy to VRAM and the miss's event. */
+static void stage_task(void *ctx, int i, int thread) {
+    (void)thread;
+    stage_job *j = (stage_job *)ctx;
+    cu_ctx *c = j->c;
+    const dlayer *d = j->d;
+    const int k = j->base + i, si = (c->stage_head + i) % c->n_stage;
+    cudaSetDevice(c->dev);
+    cudaEventSynchronize(c->stage_ev[si]);
+    uint8_t *st = c->staging + (size_t)si * c->slot_bytes;
+    memcpy(st, j->refs[k].gate, d->sz_gate);
+    memcpy(st + d->off_up, j->refs[k].up, d->sz_up);
+    memcpy(st + d->off_down, j->refs[k].down, d->sz_down);
+    cudaMemcpyAsync(j->dst[k], st, d->off_down + d->sz_down, cudaMemcpyHostToDevice, c->xs);
+    cudaEventRecord(c->stage_ev[si], c->xs);
+    cudaEventRecord(c->ev_copy[k], c->xs);
+}
+
+/* Queues the host-to-VRAM copies of n experts of layer il into slots dst[0..n), recording
+ * ev_copy[i] after copy i. The store is asked for a few experts at a time (its cache may hold
+ * only so many pinned at once); bytes in page-locked memory are copied in place and released
+ * once the copies are done (flush_pending), others go through the staging buffers. */
+static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **dst, int n, ms_err *e) {
+    if (c->pend.n && c->pend.il != il) flush_pending(c);
+    c->timing.cache_bytes_in += (uint64_t)n * (d->sz_gate + d->sz_up + d->sz_down);
+    for (int b = 0; b < n; b += c->n_stage) {
+        const int nb = MS_MIN(c->n_stage, n - b);
+        int rc = experts_acquire(c->store, il, ids + b, nb, c->refs + b, e);
+        if (rc) return rc;
+        int direct = c->n_reg > 0;
+        for (int i = b; i < b + nb && direct; i++)
+            direct = in_registered(c, c->refs[i].gate, d->sz_gate) && in_registered(c, c->refs[i].up, d->sz_up) &&
+                     in_registered(c, c->refs[i].down, d->sz_down);
+        if (direct) {
+            for (int i = b; i < b + nb; i++) {
+                CK(cudaMemcpyAsync(dst[i], c->refs[i].gate, d->sz_gate, cudaMemcpyHostToDevice, c->xs));
+                CK(cudaMemcpyAsync(dst[i] + d->off_up, c->refs[i].up, d->sz_up, cudaMemcpyHostToDevice, c->xs));
+                CK(cudaMemcpyAsync(dst[i] + d->off_down, c->refs[i].down, d->sz_down, cudaMemcpyHostToDevice, c->xs));
+                CK(cudaEventRecord(c->ev_copy[i], c->xs));
+            }
+            memcpy(c->pend.ids + c->pend.n, ids + b, sizeof(int) * (size_t)nb);
+            c->pend.il = il;
+            c->pend.n += nb;
+        } else {
+            stage_job j = {c, d, c->refs, dst, b};
+            pool_run(c->pool, stage_task, &j, nb);
+            c->stage_head = (c->stage_head + nb) % c->n_stage;
+            experts_release(c->store, il, ids + b, nb);
+        }
+    }
+    CK(cudaGetLastError());
+    return MS_OK;
+}
+
+/* ---------------------------------------------------------------- mixture of experts */
+
+/* Upload block layout (device c->x_idx.. and host mirror): x_idx[T*K], slot_of[T*K], slot_w[T*K],
+ * then the groups: up groups of a wave at [0, n), down groups at [n, 2n). */
+
+/* The experts of one layer with host routing: group the batch's slots by expert (ascending
+ * ids, as forward.c), then waves of experts that fit in the cache at once. */
+static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms_err *e) {
+    const ms_hparams *hp = &c->m->hp;
+    const int NE = hp->n_expert, K = hp->n_expert_used, TK = T * K;
+    memset(c->exp_count, 0, sizeof(int) * (size_t)NE);
+    for (int i = 0; i < TK; i++) c->exp_count[c->h_sel[i]]++;
+    int n_exp = 0, slots = 0;
+    for (int x = 0; x < NE; x++) {
+        if (!c->exp_count[x]) continue;
+        c->exp_ids[n_exp] = x;
+        c->exp_first[n_exp] = slots;
+        c->exp_index[x] = n_exp;
+        slots += c->exp_count[x];
+        n_exp++;
+    }
+    for (int i = 0; i < n_exp; i++) c->fill[i] = c->exp_first[i];
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < K; k++) {
+            const int s = c->fill[c->exp_index[c->h_sel[t * K + k]]]++;
+            c->h_x_idx[s] = t;
+            c->h_slot_w[s] = c->h_selw[t * K + k];
+            c->h_slot_of[t * K + k] = s;
+        }
+    for (int i = 0; i < n_exp; i++) c->exp_count[i] = c->fill[i] - c->exp_first[i];
+    CK(cudaMemcpyAsync(c->x_idx, c->h_x_idx, sizeof(int) * (size_t)TK * 3, cudaMemcpyHostToDevice, c->cs));
+
+    int done = 0;
+    int *hit = c->order, *miss = c->order + NE;
+    while (done < n_exp) {
+        c->wave++;
+        int n_hit = 0, n_miss = 0;
+        /* hits first, so their kernels start while the misses are still on the way */
+        for (; done < n_exp; done++) {
+            const int key = il * NE + c->exp_ids[done];
+            int s = c->map_slot[key];
+            if (s < 0) {
+                s = cache_victim(c);
+                if (s < 0) break; /* every slot holds an expert of this wave: next wave */
+                if (c->slot_owner[s] >= 0) c->map_slot[c->slot_owner[s]] = -1;
+                c->slot_owner[s] = key;
+                c->map_slot[key] = s;
+                miss[n_miss++] = done;
+            } else {
+                hit[n_hit++] = done;
+                c->timing.cache_hits++;
+            }
+            c->slot_wave[s] = c->wave;
+            c->timing.cache_requests++;
+            cache_request(c, key);
+        }
+        const int n = n_hit + n_miss;
+        mv_group *gu = c->h_grp_up, *gd = c->h_grp_up + n;
+        int max_hit = 0, max_all = 0;
+        for (int j = 0; j < n; j++) {
+            const int i = j < n_hit ? hit[j] : miss[j - n_hit];
+            const uint8_t *b = slot_ptr(c, c->map_slot[il * NE + c->exp_ids[i]]);
+            gu[j].w = b, gu[j].w2 = b + d->off_up, gu[j].s0 = c->exp_first[i], gu[j].ns = c->exp_count[i];
+            gd[j].w = b + d->off_down, gd[j].w2 = NULL, gd[j].s0 = c->exp_first[i], gd[j].ns = c->exp_count[i];
+            if (j < n_hit) max_hit = MS_MAX(max_hit, c->exp_count[i]);
+            max_all = MS_MAX(max_all, c->exp_count[i]);
+        }
+        (void)max_all;
+        CK(cudaMemcpyAsync(c->grp_up, c->h_grp_up, sizeof(mv_group) * (size_t)2 * n, cudaMemcpyHostToDevice, c->cs));
+        /* the misses' copies, on the copy stream */
+        int *mids = c->exp_index; /* free again after the grouping above */
+        uint8_t **mdst = c->miss_dst;
+        for (int j = 0; j < n_miss; j++) {
+            mids[j] = c->exp_ids[miss[j]];
+            mdst[j] = (uint8_t *)slot_ptr(c, c->map_slot[il * NE + mids[j]]);
+        }
+        int rc = issue_copies(c, d, il, mids, mdst, n_miss, e);
+        if (rc) return rc;
+        const mv_group *dgu = c->grp_up, *dgd = c->grp_up + n;
+        if (n_hit && run_experts(c, ly, dgu, dgd, n_hit, max_hit, T, c->slot_w)) return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        for (int j = 0; j < n_miss; j++) {
+            const int i = miss[j];
+            CK(cudaStreamWaitEvent(c->cs, c->ev_copy[j], 0));
+            if (run_experts(c, ly, dgu + n_hit + j, dgd + n_hit + j, 1, c->exp_count[i], T, c->slot_w))
+                return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        }
+        if (done < n_exp) {
+            /* the next wave reuses slots and the host-side group arrays */
+            CK(cudaStreamSynchronize(c->cs));
+            flush_pending(c);
+        }
+    }
+    if (T > 1) {
+        const size_t n = (size_t)T * hp->n_embd;
+        k_combine<<<(unsigned)((n + 255) / 256), 256, 0, c->cs>>>(c->x, c->ybuf, c->selw, c->slot_of, T, K, hp->n_embd);
+    }
+    return MS_OK;
+}
+
+static int moe(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms_err *e) {
+    const ms_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
+    if (run_mat(c, &d->router, NULL, c->h, E, c->router, NE, T, MV_STORE, NULL)) return ms_fail(e, MS_ERR_UNSUPPORTED, "router launch failed");
+    k_topk<<<T, 256, sizeof(float) * NE, c->cs>>>(c->router, NE, K, hp->norm_topk, hp->expert_weights_scale, c->sel, c->selw);
+    const int host = !(c->resident && T == 1);
+    if (host) {
+        CK(cudaMemcpyAsync(c->h_sel, c->sel, sizeof(int) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
+        CK(cudaMemcpyAsync(c->h_selw, c->selw, sizeof(float) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
+        CK(cudaEventRecord(c->ev_route, c->cs));
+    }
+    tev_record(c, il, 2);
+    /* the shared expert needs no routing: queued now, it runs while the host looks experts up */
+    if (d->sh_up.d) {
+        const int sf = hp->n_ff_shexp;
+        int bad = 0;
+        if (d->sh_gate.type == d->sh_up.type) {
+            bad |= run_mat(c, &d->sh_gate, &d->sh_up, c->h, E, c->sh_act, sf, T, MV_SWIGLU, NULL);
+        } else {
+            bad |= run_mat(c, &d->sh_gate, NULL, c->h, E, c->sh_act, sf, T, MV_STORE, NULL);
+            bad |= run_mat(c, &d->sh_up, NULL, c->h, E, c->sh_tmp, sf, T, MV_STORE, NULL);
+            const size_t n = (size_t)T * sf;
+            k_swiglu<<<(unsigned)((n + 255) / 256), 256, 0, c->cs>>>(c->sh_act, c->sh_tmp, n);
+        }
+        if (d->sh_router.d) bad |= run_mat(c, &d->sh_router, NULL, c->h, E, c->sh_gate, 1, T, MV_STORE, NULL);
+        bad |= run_mat(c, &d->sh_down, NULL, c->sh_act, sf, c->x, E, T, d->sh_router.d ? MV_GATED : MV_ADD,
+                       d->sh_router.d ? c->sh_gate : NULL);
+        if (bad) return ms_fail(e, MS_ERR_UNSUPPORTED, "shared expert launch failed");
+    }
+    if (!host) {
+        /* every expert resident: route on the GPU */
+        mv_group *gu = c->grp_up, *gd = c->grp_up + K;
+        k_route_resident<<<1, MAX_TOPK, 0, c->cs>>>(c->sel, c->exp_base + (size_t)il * NE, d->off_up, d->off_down, K, gu, gd);
+        c->timing.cache_requests += (uint64_t)K;
+        c->timing.cache_hits += (uint64_t)K;
+        if (run_experts(c, ly, gu, gd, K, 1, 1, c->selw)) return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        return MS_OK;
+    }
+    CK(cudaEventSynchronize(c->ev_route));
+    flush_pending(c); /* the previous layer's copies are done: its kernels ran before the router */
+    return moe_host(c, ly, d, il, T, e);
+}
+
+/* ---------------------------------------------------------------- driver */
+
+static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, ms_err *e) {
+    const struct ms_model *m = c->m;
+    const ms_hparams *hp = &m->hp;
+    const int E = hp->n_embd, nv = hp->n_vocab;
+    const double t0 = ms_time();
+    memcpy(c->h_tok, tokens, sizeof(int) * (size_t)T);
+    CK(cudaMemcpyAsync(c->tok, c->h_tok, sizeof(int) * (size_t)T, cudaMemcpyHostToDevice, c->cs));
+    launch_rows(c->tok_embd.type, c->tok_embd.d, c->tok_embd.row_bytes, c->tok, c->x, E, T, c->cs);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const ms_layer *ly = &m->layers[il];
+        const dlayer *d = &c->L[il];
+        tev_record(c, il, 0);
+        k_rmsnorm<<<T, 256, 0, c->cs>>>(c->x, E, c->h, E, d->attn_norm, E, hp->norm_eps);
+        int bad = d->kind == MS_LAYER_ATTN ? attention(c, d, T) : gated_deltanet(c, d, T);
+        if (bad) return ms_fail(e, MS_ERR_UNSUPPORTED, "layer %d: kernel launch failed", il);
+        tev_record(c, il, 1);
+        k_rmsnorm<<<T, 256, 0, c->cs>>>(c->x, E, c->h, E, d->ffn_norm, E, hp->norm_eps);
+        int rc = moe(c, ly, d, il, T, e);
+        if (rc) return rc;
+        tev_record(c, il, 3);
+    }
+    CK(cudaGetLastError());
+    const int first = all_logits ? 0 : T - 1, rows = T - first;
+    k_rmsnorm<<<rows, 256, 0, c->cs>>>(c->x + (size_t)first * E, E, c->h, E, c->output_norm, E, hp->norm_eps);
+    for (int r0 = 0; r0 < rows; r0 += LOGIT_ROWS) {
+        const int n = MS_MIN(LOGIT_ROWS, rows - r0);
+        if (run_mat(c, &c->output, NULL, c->h + (size_t)r0 * E, E, c->dlogits, nv, n, MV_STORE, NULL))
+            return ms_fail(e, MS_ERR_UNSUPPORTED, "lm_head launch failed");
+        CK(cudaMemcpyAsync(c->logits_pin, c->dlogits, sizeof(float) * (size_t)n * nv, cudaMemcpyDeviceToHost, c->cs));
+        CK(cudaStreamSynchronize(c->cs));
+        if (rows > LOGIT_ROWS) memcpy(c->logits_host + (size_t)r0 * nv, c->logits_pin, sizeof(float) * (size_t)n * nv);
+    }
+    flush_pending(c);
+    c->logits_rows = rows > LOGIT_ROWS ? c->logits_host : c->logits_pin;
+    c->n_logits = rows;
+    c->pos += T;
+    const double wall = ms_time() - t0;
+    double gpu = 0;
+    if (c->timing_on) {
+        for (int il = 0; il < hp->n_layer; il++) {
+            float a = 0, r = 0, x = 0;
+            cudaEventElapsedTime(&a, c->tev[il * 4 + 0], c->tev[il * 4 + 1]);
+            cudaEventElapsedTime(&r, c->tev[il * 4 + 1], c->tev[il * 4 + 2]);
+            cudaEventElapsedTime(&x, c->tev[il * 4 + 2], c->tev[il * 4 + 3]);
+            c->timing.attn += a * 1e-3;
+            c->timing.route += r * 1e-3;
+            c->timing.expert_compute += x * 1e-3;
+            gpu += (a + r + x) * 1e-3;
+        }
+    }
+    c->timing.other += wall > gpu ? wall - gpu : 0;
+    c->timing.tokens += (uint64_t)T;
+    return MS_OK;
+}
+
+static int cu_eval(void *ctx, const int32_t *tokens, int n, int all_logits, ms_err *e) {
+    cu_ctx *c = (cu_ctx *)ctx;
+    const ms_hparams *hp = &c->m->hp;
+    if (n <= 0) return ms_fail(e, MS_ERR_ARG, "nothing to evaluate");
+    if (c->pos + n > c->n_ctx)
+        return ms_fail(e, MS_ERR_CONTEXT, "context full: %d positions used + %d new tokens > context size %d (use -c to enlarge)",
+                       c->pos, n, c->n_ctx);
+    if (all_logits && n > c->n_batch)
+        return ms_fail(e, MS_ERR_ARG, "all-position logits need n <= batch size (%d > %d)", n, c->n_batch);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return ms_fail(e, MS_ERR_ARG, "token id %d out of range [0, %d)", tokens[i], hp->n_vocab);
+    CK(cudaSetDevice(c->dev));
+    memcpy(c->history + c->pos, tokens, sizeof(int32_t) * (size_t)n);
+    c->n_logits = 0;
+    for (int done = 0; done < n;) {
+        const int T = MS_MIN(c->n_batch, n - done);
+        int rc = eval_batch(c, tokens + done, T, all_logits, e);
+        if (rc) {
+            cudaStreamSynchronize(c->cs);
+            cudaStreamSynchronize(c->xs);
+            flush_pending(c);
+            return rc;
+        }
+        done += T;
+    }
+    return MS_OK;
+}
+
+static const float *cu_logits(const void *ctx, int i) {
+    const cu_ctx *c = (const cu_ctx *)ctx;
+    if (i < 0 || i >= c->n_logits) return NULL;
+    return c->logits_rows + (size_t)i * c->m->hp.n_vocab;
+}
+static int cu_n_logits(const void *ctx) { return ((const cu_ctx *)ctx)->n_logits; }
+static int cu_pos(const void *ctx) { return ((const cu_ctx *)ctx)->pos; }
+static int cu_n_ctx(const void *ctx) { return ((const cu_ctx *)ctx)->n_ctx; }
+static const int32_t *cu_history(const void *ctx) { return ((const cu_ctx *)ctx)->history; }
+static const ms_timing *cu_timing(const void *ctx) { return &((const cu_ctx *)ctx)->timing; }
+
+/* ---------------------------------------------------------------- prefix reuse (as forward.c) */
+
+static int cu_checkpoint(void *ctx, ms_err *e) {
+    cu_ctx *c = (cu_ctx *)ctx;
+    if (!c->state_floats || c->pos == 0) return MS_OK;
+    int slot = 0;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) {
+        if (c->ckpt[i].pos == c->pos) {
+            slot = i;
+            break;
+        }
+        if (c->ckpt[i].used < c->ckpt[slot].used) slot = i;
+    }
+    if (!c->ckpt[slot].state) {
+        c->ckpt[slot].state = (float *)ms_malloc_aligned(sizeof(float) * c->state_floats);
+        if (!c->ckpt[slot].state) return ms_fail(e, MS_ERR_NOMEM, "out of memory saving a state checkpoint");
+    }
+    CK(cudaSetDevice(c->dev));
+    CK(cudaMemcpy(c->ckpt[slot].state, c->states, sizeof(float) * c->state_floats, cudaMemcpyDeviceToHost));
+    c->ckpt[slot].pos = c->pos;
+    c->ckpt[slot].used = ++c->ckpt_clock;
+    return MS_OK;
+}
+
+static int cu_resume_point(const void *ctx, int pos) {
+    const cu_ctx *c = (const cu_ctx *)ctx;
+    if (pos >= c->pos) return c->pos;
+    if (!c->state_floats) return pos;
+    int best = 0;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++)
+        if (c->ckpt[i].pos <= pos && c->ckpt[i].pos > best) best = c->ckpt[i].pos;
+    return best;
+}
+
+static void cu_reset(void *ctx) {
+    cu_ctx *c = (cu_ctx *)ctx;
+    c->pos = 0;
+    c->n_logits = 0;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) c->ckpt[i].pos = -1;
+    if (c->state_floats) {
+        cudaSetDevice(c->dev);
+        cudaMemset(c->states, 0, sizeof(float) * c->state_floats);
+    }
+}
+
+static int cu_truncate(void *ctx, int pos, ms_err *e) {
+    cu_ctx *c = (cu_ctx *)ctx;
+    if (pos < 0 || pos > c->pos) return ms_fail(e, MS_ERR_ARG, "cannot move to position %d (at %d)", pos, c->pos);
+    if (pos == c->pos) return MS_OK;
+    if (pos == 0) {
+        cu_reset(c);
+        return MS_OK;
+    }
+    if (c->state_floats) {
+        int i;
+        for (i = 0; i < MS_N_CHECKPOINTS; i++)
+            if (c->ckpt[i].pos == pos) break;
+        if (i == MS_N_CHECKPOINTS) return ms_fail(e, MS_ERR_ARG, "no recurrent-state checkpoint at position %d", pos);
+        CK(cudaSetDevice(c->dev));
+        CK(cudaMemcpy(c->states, c->ckpt[i].state, sizeof(float) * c->state_floats, cudaMemcpyHostToDevice));
+        c->ckpt[i].used = ++c->ckpt_clock;
+    }
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++)
+        if (c->ckpt[i].pos > pos) c->ckpt[i].pos = -1;
+    c->pos = pos;
+    c->n_logits = 0;
+    return MS_OK;
+}
+
+/* ---------------------------------------------------------------- lifetime */
+
+static void cu_destroy(void *ctx) {
+    cu_ctx *c = (cu_ctx *)ctx;
+    if (!c) return;
+    cudaSetDevice(c->dev);
+    if (c->cs) cudaStreamSynchronize(c->cs);
+    if (c->xs) cudaStreamSynchronize(c->xs);
+    flush_pending(c);
+    pool_free(c->pool);
+    for (int i = 0; i < c->n_reg; i++) cudaHostUnregister((void *)c->reg_lo[i]);
+    ms_free(c->reg_lo);
+    ms_free(c->reg_hi);
+    const int NE = c->m->hp.n_expert;
+    if (c->ev_copy)
+        for (int i = 0; i < NE; i++)
+            if (c->ev_copy[i]) cudaEventDestroy(c->ev_copy[i]);
+    ms_free(c->ev_copy);
+    if (c->stage_ev)
+        for (int i = 0; i < c->n_stage; i++)
+            if (c->stage_ev[i]) cudaEventDestroy(c->stage_ev[i]);
+    ms_free(c->stage_ev);
+    if (c->tev)
+        for (int i = 0; i < 4 * c->m->hp.n_layer; i++)
+            if (c->tev[i]) cudaEventDestroy(c->tev[i]);
+    ms_free(c->tev);
+    if (c->ev_route) cudaEventDestroy(c->ev_route);
+    if (c->cs) cudaStreamDestroy(c->cs);
+    if (c->xs) cudaStreamDestroy(c->xs);
+    cudaFree(c->arena);
+    cudaFree(c->slots);
+    cudaFreeHost(c->staging);
+    cudaFreeHost(c->h_tok);
+    cudaFreeHost(c->h_sel);
+    cudaFreeHost(c->h_selw);
+    cudaFreeHost(c->h_x_idx);
+    cudaFreeHost(c->h_grp_up);
+    cudaFreeHost(c->logits_pin);
+    ms_free(c->history);
+    ms_free_aligned(c->logits_host);
+    ms_free(c->exp_count);
+    ms_free(c->exp_ids);
+    ms_free(c->exp_first);
+    ms_free(c->exp_index);
+    ms_free(c->fill);
+    ms_free(c->order);
+    ms_free(c->miss_dst);
+    ms_free(c->refs);
+    ms_free(c->pend.ids);
+    ms_free(c->slot_owner);
+    ms_free(c->slot_wave);
+    ms_free(c->map_slot);
+    ms_free(c->freq);
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) ms_free_aligned(c->ckpt[i].state);
+    ms_free(c->L);
+    ms_free(c);
+}
+
+/* Checks what the kernels assume; MS_OK or MS_ERR_UNSUPPORTED naming the first problem. */
+static int check_mat(const ms_mat *w, const char *what, int il, ms_err *e) {
+    if (!w->data) return MS_OK;
+    if (!type_supported(w->type))
+        return ms_fail(e, MS_ERR_UNSUPPORTED, "the CUDA backend has no kernel for %s weights (%s, layer %d)", quant_name(w->type), what, il);
+    if (w->n_in % 8)
+        return ms_fail(e, MS_ERR_UNSUPPORTED, "the CUDA backend needs rows of a multiple of 8 values (%s, layer %d: %lld)", what, il,
+                       (long long)w->n_in);
+    if (w->n_out > 0x7fffffff) return ms_fail(e, MS_ERR_UNSUPPORTED, "%s is too large for the CUDA backend", what);
+    return MS_OK;
+}
+
+static int check_model(const struct ms_model *m, ms_err *e) {
+    const ms_hparams *hp = &m->hp;
+    TRY(check_mat(&m->tok_embd, "token_embd", -1, e));
+    TRY(check_mat(&m->output, "output", -1, e));
+    if (hp->head_dim > 256 || hp->d_k > 256 || hp->d_v > 4096)
+        return ms_fail(e, MS_ERR_UNSUPPORTED, "the CUDA backend supports head sizes up to 256 (head_dim %d, state %d)", hp->head_dim, hp->d_k);
+    if (hp->n_expert_used > MAX_TOPK)
+        return ms_fail(e, MS_ERR_UNSUPPORTED, "the CUDA backend routes to at most %d experts per token (%d asked)", MAX_TOPK, hp->n_expert_used);
+    if (hp->n_expert > 8192) return ms_fail(e, MS_ERR_UNSUPPORTED, "too many experts for the CUDA backend (%d)", hp->n_expert);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const ms_layer *ly = &m->layers[il];
+        const ms_mat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->wqkv, &ly->wz, &ly->wbeta, &ly->walpha, &ly->wba,
+                                &ly->ssm_out, &ly->router, &ly->sh_gate, &ly->sh_up, &ly->sh_down, &ly->sh_router};
+        const char *names[] = {"attn_q", "attn_k", "attn_v", "attn_output", "attn_qkv", "attn_gate", "ssm_beta", "ssm_alpha", "ssm_ba",
+                               "ssm_out", "ffn_gate_inp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate_inp_shexp"};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) TRY(check_mat(mats[i], names[i], il, e));
+        const ms_mat3 *ex[] = {&ly->gate_exps, &ly->up_exps, &ly->down_exps};
+        for (int i = 0; i < 3; i++) {
+            ms_mat w = {ex[i]->type, ex[i]->n_in, ex[i]->n_out, ex[i]->row_bytes, ex[i]->data};
+            TRY(check_mat(&w, i == 0 ? "ffn_gate_exps" : i == 1 ? "ffn_up_exps" : "ffn_down_exps", il, e));
+        }
+    }
+    return MS_OK;
+}
+
+static uint64_t env_u64(const char *name, uint64_t def) {
+    const char *v = getenv(name);
+    if (!v || !*v) return def;
+    return strtoull(v, NULL, 10);
+}
+
+/* Loads every expert into its slot (the cache holds them all). */
+static int preload(cu_ctx *c, ms_err *e) {
+    const ms_hparams *hp = &c->m->hp;
+    const int NE = hp->n_expert;
+    const uint8_t **base = (const uint8_t **)ms_malloc(sizeof(void *) * (size_t)hp->n_layer * NE);
+    if (!base) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
+    int ids[32];
+    for (int il = 0; il < hp->n_layer; il++) {
+        const dlayer *d = &c->L[il];
+        for (int x0 = 0; x0 < NE; x0 += 32) {
+            const int n = MS_MIN(32, NE - x0);
+            for (int i = 0; i < n; i++) ids[i] = x0 + i;
+            int rc = experts_acquire(c->store, il, ids, n, c->refs, e);
+            if (rc) {
+                ms_free(base);
+                return rc;
+            }
+            for (int i = 0; i < n; i++) {
+                const int key = il * NE + x0 + i, s = key;
+                uint8_t *p = slot_ptr(c, s);
+                cudaError_t r1 = cudaMemcpy(p, c->refs[i].gate, d->sz_gate, cudaMemcpyHostToDevice);
+                cudaError_t r2 = cudaMemcpy(p + d->off_up, c->refs[i].up, d->sz_up, cudaMemcpyHostToDevice);
+                cudaError_t r3 = cudaMemcpy(p + d->off_down, c->refs[i].down, d->sz_down, cudaMemcpyHostToDevice);
+                if (r1 || r2 || r3) {
+                    experts_release(c->store, il, ids, n);
+                    ms_free(base);
+                    return cuda_fail(e, r1 ? r1 : r2 ? r2 : r3, "loading experts");
+                }
+                c->map_slot[key] = s;
+                c->slot_owner[s] = key;
+                base[key] = p;
+            }
+            experts_release(c->store, il, ids, n);
+        }
+    }
+    c->next_free = c->n_slots;
+    cudaError_t rc = cudaMemcpy(c->exp_base, base, sizeof(void *) * (size_t)hp->n_layer * NE, cudaMemcpyHostToDevice);
+    ms_free(base);
+    if (rc) return cuda_fail(e, rc, "cudaMemcpy");
+    return MS_OK;
+}
+
+/* Page-locks the model file's mappings so expert copies read them in place; skipped (copies go
+ * through staging) when the files would not fit in RAM, or MS_CUDA_REGISTER=0. */
+static void try_register(cu_ctx *c) {
+    const gguf_file *f = c->m->gguf;
+    uint64_t total = 0;
+    for (int i = 0; i < f->n_parts; i++) total += f->parts[i].size;
+    const uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    const uint64_t want = env_u64("MS_CUDA_REGISTER", 2); /* 0 never, 1 always, 2 when it fits */
+    int ro = 0;
+    cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, c->dev);
+    if (!ro || want == 0 || (want == 2 && total > ram / 10 * 8)) return;
+    c->reg_lo = (const uint8_t **)ms_calloc((size_t)f->n_parts, sizeof(void *));
+    c->reg_hi = (const uint8_t **)ms_calloc((size_t)f->n_parts, sizeof(void *));
+    if (!c->reg_lo || !c->reg_hi) return;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < f->n_parts; i++) {
+        const size_t len = (f->parts[i].size + page - 1) / page * page;
+        if (cudaHostRegister((void *)f->parts[i].map, len, cudaHostRegisterReadOnly) != cudaSuccess) {
+            cudaGetLastError();
+            for (int j = 0; j < c->n_reg; j++) cudaHostUnregister((void *)c->reg_lo[j]);
+            c->n_reg = 0;
+            return;
+        }
+        c->reg_lo[c->n_reg] = f->parts[i].map;
+        c->reg_hi[c->n_reg] = f->parts[i].map + f->parts[i].size;
+        c->n_reg++;
+    }
+}
+
+#define FAIL_NOMEM(what)                                                     \
+    do {                                                                     \
+        ms_fail(e, MS_ERR_NOMEM, "out of memory allocating %s", what);       \
+        cu_destroy(c);                                                       \
+        return NULL;                                                         \
+    } while (0)
+
+#define CKC(call)                                                            \
+    do {                                                                     \
+        cudaError_t rc_ = (call);                                            \
+        if (rc_ != cudaSuccess) {                                            \
+            cuda_fail(e, rc_, #call);                                        \
+            cu_destroy(c);                                                   \
+            return NULL;                                                     \
+        }                                                                    \
+    } while (0)
+
+static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backend_params *p, ms_err *e) {
+    const ms_hparams *hp = &m->hp;
+    int n_dev = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n_dev);
+    if (rc != cudaSuccess || n_dev == 0) {
+        cudaGetLastError();
+        ms_fail(e, MS_ERR_UNSUPPORTED, "no usable CUDA device (%s)", rc != cudaSuccess ? cudaGetErrorString(rc) : "none found");
+        return NULL;
+    }
+    if (p->gpu_device < 0 || p->gpu_device >= n_dev) {
+        ms_fail(e, MS_ERR_ARG, "GPU device %d does not exist (%d found)", p->gpu_device, n_dev);
+        return NULL;
+    }
+    if (p->n_ctx <= 0 || p->n_batch <= 0) {
+        ms_fail(e, MS_ERR_ARG, "context size and batch size must be positive");
+        return NULL;
+    }
+    if (check_model(m, e)) return NULL;
+    cu_ctx *c = (cu_ctx *)ms_calloc(1, sizeof *c);
+    if (!c) {
+        ms_fail(e, MS_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->store = store;
+    c->dev = p->gpu_device;
+    c->n_ctx = p->n_ctx;
+    c->n_batch = MS_MIN(p->n_batch, p->n_ctx);
+    c->rng = 0x9E3779B97F4A7C15ull;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++) c->ckpt[i].pos = -1;
+    CKC(cudaSetDevice(c->dev));
+    const int NE = hp->n_expert, K = hp->n_expert_used;
+    const size_t T = (size_t)c->n_batch, nkeys = (size_t)hp->n_layer * NE;
+    c->L = (dlayer *)ms_calloc((size_t)hp->n_layer, sizeof(dlayer));
+    if (!c->L) FAIL_NOMEM("layers");
+    if (plan(c, e)) {
+        cu_destroy(c);
+        return NULL;
+    }
+    /* an expert in a slot: gate | up | down, each 256-aligned; slots sized for the largest layer */
+    for (int il = 0; il < hp->n_layer; il++) {
+        const ms_layer *ly = &m->layers[il];
+        dlayer *d = &c->L[il];
+        d->sz_gate = ly->gate_exps.stride;
+        d->sz_up = ly->up_exps.stride;
+        d->sz_down = ly->down_exps.stride;
+        d->off_up = align_up(d->sz_gate);
+        d->off_down = d->off_up + align_up(d->sz_up);
+        c->slot_bytes = MS_MAX(c->slot_bytes, d->off_down + align_up(d->sz_down));
+    }
+    /* the budget: dense weights, state and scratch first, the expert cache gets the rest */
+    size_t free_b = 0, total_b = 0;
+    CKC(cudaMemGetInfo(&free_b, &total_b));
+    const size_t reserve = (size_t)256 << 20;
+    const size_t avail = free_b > reserve ? free_b - reserve : 0;
+    size_t budget = p->gpu_mem ? (size_t)p->gpu_mem : avail;
+    if (budget > avail) budget = avail;
+    const size_t fixed = c->arena_used;
+    const size_t min_slots = (size_t)MS_MAX(2 * K, 4);
+    if (budget < fixed + min_slots * c->slot_bytes) {
+        ms_fail(e, MS_ERR_BUDGET,
+                "the GPU budget of %.2f GiB cannot hold the dense weights, KV cache and scratch (%.2f GiB) plus %zu experts "
+                "(%.2f MiB each; %.2f GiB free on the device). HINT: raise --gpu-mem or lower -c / -b",
+                budget / 1073741824.0, fixed / 1073741824.0, min_slots, c->slot_bytes / 1048576.0, free_b / 1073741824.0);
+        cu_destroy(c);
+        return NULL;
+    }
+    size_t n_slots = (budget - fixed) / c->slot_bytes;
+    const uint64_t forced = env_u64("MS_CUDA_CACHE_SLOTS", 0); /* tests: force a small cache */
+    if (forced) n_slots = MS_MIN(n_slots, (size_t)MS_MAX(forced, (uint64_t)min_slots));
+    if (n_slots >= nkeys) {
+        n_slots = nkeys;
+        c->resident = 1;
+    }
+    c->n_slots = (int)n_slots;
+    c->arena_size = fixed;
+    CKC(cudaMalloc((void **)&c->arena, c->arena_size));
+    if (plan(c, e)) {
+        cu_destroy(c);
+        return NULL;
+    }
+    CKC(cudaMalloc((void **)&c->slots, n_slots * c->slot_bytes));
+    CKC(cudaMemset(c->states, 0, sizeof(float) * (c->state_floats ? c->state_floats : 1)));
+    CKC(cudaStreamCreateWithFlags(&c->cs, cudaStreamNonBlocking));
+    CKC(cudaStreamCreateWithFlags(&c->xs, cudaStreamNonBlocking));
+    CKC(cudaEventCreateWithFlags(&c->ev_route, cudaEventDisableTiming));
+    c->ev_copy = (cudaEvent_t *)ms_calloc((size_t)NE, sizeof(cudaEvent_t));
+    if (!c->ev_copy) FAIL_NOMEM("events");
+    for (int i = 0; i < NE; i++) CKC(cudaEventCreateWithFlags(&c->ev_copy[i], cudaEventDisableTiming));
+    c->timing_on = env_u64("MS_CUDA_TIMING", 0) != 0;
+    if (c->timing_on) {
+        c->tev = (cudaEvent_t *)ms_calloc((size_t)4 * hp->n_layer, sizeof(cudaEvent_t));
+        if (!c->tev) FAIL_NOMEM("events");
+        for (int i = 0; i < 4 * hp->n_layer; i++) CKC(cudaEventCreate(&c->tev[i]));
+    }
+    /* host buffers: pinned where the GPU copies to or from them */
+    const size_t lrows = MS_MIN((size_t)LOGIT_ROWS, T);
+    CKC(cudaMallocHost((void **)&c->h_tok, sizeof(int) * T));
+    CKC(cudaMallocHost((void **)&c->h_sel, sizeof(int) * T * K));
+    CKC(cudaMallocHost((void **)&c->h_selw, sizeof(float) * T * K));
+    CKC(cudaMallocHost((void **)&c->h_x_idx, sizeof(int) * 3 * T * K));
+    c->h_slot_of = c->h_x_idx + T * K;
+    c->h_slot_w = (float *)(c->h_x_idx + 2 * T * K);
+    CKC(cudaMallocHost((void **)&c->h_grp_up, sizeof(mv_group) * 2 * (size_t)NE));
+    CKC(cudaMallocHost((void **)&c->logits_pin, sizeof(float) * lrows * hp->n_vocab));
+    c->history = (int32_t *)ms_calloc((size_t)c->n_ctx, sizeof(int32_t));
+    if (T > LOGIT_ROWS) c->logits_host = (float *)ms_malloc_aligned(sizeof(float) * T * hp->n_vocab);
+    c->exp_count = (int *)ms_calloc((size_t)NE, sizeof(int));
+    c->exp_ids = (int *)ms_calloc((size_t)NE, sizeof(int));
+    c->exp_first = (int *)ms_calloc((size_t)NE, sizeof(int));
+    c->exp_index = (int *)ms_calloc((size_t)NE, sizeof(int));
+    c->fill = (int *)ms_calloc((size_t)NE, sizeof(int));
+    c->order = (int *)ms_calloc((size_t)2 * NE, sizeof(int));
+    c->miss_dst = (uint8_t **)ms_calloc((size_t)NE, sizeof(void *));
+    c->refs = (ms_expert_ref *)ms_calloc((size_t)NE, sizeof(ms_expert_ref));
+    c->pend.ids = (int *)ms_calloc((size_t)NE, sizeof(int));
+    c->slot_owner = (int *)ms_malloc(sizeof(int) * n_slots);
+    c->slot_wave = (uint32_t *)ms_calloc(n_slots, sizeof(uint32_t));
+    c->map_slot = (int *)ms_malloc(sizeof(int) * nkeys);
+    c->freq = (uint32_t *)ms_calloc(nkeys, sizeof(uint32_t));
+    if (!c->history || (T > LOGIT_ROWS && !c->logits_host) || !c->exp_count || !c->exp_ids || !c->exp_first || !c->exp_index ||
+        !c->fill || !c->order || !c->miss_dst || !c->refs || !c->pend.ids || !c->slot_owner || !c->slot_wave || !c->map_slot ||
+        !c->freq)
+        FAIL_NOMEM("host buffers");
+    for (size_t i = 0; i < n_slots; i++) c->slot_owner[i] = -1;
+    for (size_t i = 0; i < nkeys; i++) c->map_slot[i] = -1;
+    if (c->resident) {
+        if (preload(c, e)) {
+            cu_destroy(c);
+            return NULL;
+        }
+    } else {
+        if (!env_u64("MS_CUDA_STAGING", 0)) try_register(c);
+        c->n_stage = MS_MAX(2 * K, 16);
+        CKC(cudaMallocHost((void **)&c->staging, (size_t)c->n_stage * c->slot_bytes));
+        c->stage_ev = (cudaEvent_t *)ms_calloc((size_t)c->n_stage, sizeof(cudaEvent_t));
+        if (!c->stage_ev) FAIL_NOMEM("events");
+        for (int i = 0; i < c->n_stage; i++) CKC(cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming));
+        int nth = p->n_threads > 0 ? p->n_threads : ms_cpu_count();
+        c->pool = pool_new(MS_MAX(1, MS_MIN(8, nth)));
+        if (!c->pool) FAIL_NOMEM("copy threads");
+    }
+    CKC(cudaDeviceSynchronize());
+    return c;
+}
+
+static const ms_backend cuda_backend = {
+    "cuda", cu_create, cu_destroy, cu_eval, cu_logits, cu_n_logits, cu_pos, cu_n_ctx, cu_history,
+    cu_checkpoint, cu_resume_point, cu_truncate, cu_reset, cu_timing,
+};
+
+extern "C" const ms_backend *ms_backend_cuda(void) { return &cuda_backend; }
+
+/* ================================================================== test hooks (cuda.h) */
+
+extern "C" int cuda_device_count(char *msg, size_t cap) {
+    int n = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n);
+    if (rc != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        if (msg) snprintf(msg, cap, "%s", rc != cudaSuccess ? cudaGetErrorString(rc) : "no CUDA device");
+        return 0;
+    }
+    if (msg) {
+        cudaDeviceProp pr;
+        if (cudaGetDeviceProperties(&pr, 0) == cudaSuccess)
+            snprintf(msg, cap, "%s, %d SMs, %.1f GiB, compute %d.%d", pr.name, pr.multiProcessorCount,
+                     pr.totalGlobalMem / 1073741824.0, pr.major, pr.minor);
+        else snprintf(msg, cap, "device 0");
+    }
+    return n;
+}
+
+extern "C" int cuda_test_dequant(int type, const void *rows, size_t row_bytes, int n_rows, int64_t n_in, float *out) {
+    if (!type_supported(type) || n_in % 8 || cuda_device_count(NULL, 0) <= 0) return -1;
+    uint8_t *dw = NULL;
+    float *dx = NULL;
+    int ok = cudaMalloc((void **)&dw, row_bytes * n_rows) == cudaSuccess &&
+             cudaMalloc((void **)&dx, sizeof(float) * n_rows * n_in) == cudaSuccess &&
+             cudaMemcpy(dw, rows, row_bytes * n_rows, cudaMemcpyHostToDevice) == cudaSuccess &&
+             launch_rows(type, dw, row_bytes, NULL, dx, (int)n_in, n_rows, 0) == 0 &&
+             cudaMemcpy(out, dx, sizeof(float) * n_rows * n_in, cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(dw);
+    cudaFree(dx);
+    return ok ? 0 : -1;
+}
+
+extern "C" int cuda_test_matmul(int type, const void *w, size_t row_bytes, int64_t n_in, int64_t n_out, const float *x, int n_tok,
+                                float *y) {
+    if (!type_supported(type) || n_in % 8 || cuda_device_count(NULL, 0) <= 0) return -1;
+    uint8_t *dw = NULL;
+    float *dx = NULL, *dy = NULL;
+    int ok = cudaMalloc((void **)&dw, row_bytes * n_out) == cudaSuccess &&
+             cudaMalloc((void **)&dx, sizeof(float) * n_tok * n_in) == cudaSuccess &&
+             cudaMalloc((void **)&dy, sizeof(float) * n_tok * n_out) == cudaSuccess &&
+             cudaMemcpy(dw, w, row_bytes * n_out, cudaMemcpyHostToDevice) == cudaSuccess &&
+             cudaMemcpy(dx, x, sizeof(float) * n_tok * n_in, cudaMemcpyHostToDevice) == cudaSuccess;
+    if (ok) {
+        mv_args a;
+        memset(&a, 0, sizeof a);
+        a.g.w = dw;
+        a.g.ns = n_tok;
+        a.n_groups = 1;
+        a.row_bytes = row_bytes;
+        a.n_in = (int)n_in;
+        a.n_out = (int)n_out;
+        a.x = dx;
+        a.ldx = n_in;
+        a.y = dy;
+        a.ldy = n_out;
+        a.mode = MV_STORE;
+        ok = launch_mat(type, a, n_tok, 1, 0) == 0 && cudaDeviceSynchronize() == cudaSuccess &&
+             cudaMemcpy(y, dy, sizeof(float) * n_tok * n_out, cudaMemcpyDeviceToHost) == cudaSuccess;
+    }
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    return ok ? 0 : -1;
+}
