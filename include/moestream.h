@@ -162,6 +162,17 @@ typedef struct ms_stats {
 } ms_stats;
 void ms_context_stats(const ms_context *c, ms_stats *out);
 
+/* The decode roofline of DESIGN.md over the tokens between two stats snapshots a and b:
+ * seconds per token >= missed expert bytes / disk_bw + resident bytes touched / mem_bw, where
+ * resident bytes are the dense weights (one embedding row) plus the experts that hit. */
+typedef struct ms_roofline {
+    double experts_needed, hit_rate;  /* per token; 0..1 */
+    double missed_bytes, resident_bytes, read_bytes; /* per token */
+    double seconds;                   /* the bound, per token */
+} ms_roofline;
+void ms_roofline_of(const ms_model *m, const ms_stats *a, const ms_stats *b, double tokens, double disk_bw,
+                    double mem_bw, ms_roofline *out);
+
 /* ---- synthetic models ---- */
 
 typedef struct ms_synth_params {

@@ -16,6 +16,7 @@
 /* `moestream chat ...` and `moestream serve ...`: argv[1] is the command. Return the exit status. */
 int cmd_chat(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_bench(int argc, char **argv); /* bench.c */
 
 /* A growable NUL-terminated string; allocation failure is fatal (front ends only). */
 typedef struct fbuf {

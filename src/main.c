@@ -57,6 +57,7 @@ static void usage(FILE *out) {
           "  logits    -m MODEL --ids FILE -o OUT.f32                  logits for every position\n"
           "  chat      -m MODEL [--system TEXT] [--tools bash]         interactive chat (chat --help)\n"
           "  serve     -m MODEL [--host H] [--port N] [--api-key K]    OpenAI-compatible server (serve --help)\n"
+          "  bench     -m MODEL [-p 512] [-n 128] [-r 3] [--sweep-mem A,B]  prompt/generation speed (bench --help)\n"
           "  synth     --preset NAME [--layers N] [--type Q4_K] [--skew S] [--split-size SIZE] -o FILE\n"
           "                                                            write a synthetic model of real shapes\n"
           "\n"
@@ -383,8 +384,6 @@ static uint64_t peak_rss(void) {
 /* --stats and --timing for the tokens decoded between snapshots a and b. */
 static void print_stats(const ms_model *m, const opts *o, const ms_stats *a, const ms_stats *b, int tokens, double secs) {
     if (tokens <= 0) return;
-    ms_model_info in;
-    ms_model_get_info(m, &in);
     double tk = tokens;
     if (o->timing) {
         double at = b->t_attn - a->t_attn, rt = b->t_route - a->t_route, wt = b->t_expert_wait - a->t_expert_wait;
@@ -394,24 +393,20 @@ static void print_stats(const ms_model *m, const opts *o, const ms_stats *a, con
                 1e3 * at / tk, 1e3 * rt / tk, 1e3 * wt / tk, 1e3 * ct / tk, 1e3 * ot / tk, 1e3 * secs / tk);
     }
     if (!o->stats) return;
-    double req = (double)(b->expert_requests - a->expert_requests), hit = (double)(b->expert_hits - a->expert_hits);
-    double bytes = (double)(b->bytes_read - a->bytes_read), per_expert = (double)in.bytes_per_expert;
-    fprintf(stderr, "moestream: experts (%s): %.1f needed per token, hit rate %.1f%%, read %.2f MB per token", b->io, req / tk,
-            req ? 100.0 * hit / req : 0.0, bytes / tk / 1e6);
-    if (bytes > 0) fprintf(stderr, ", %.2f GB/s achieved", bytes / secs / 1e9);
+    ms_roofline r;
+    ms_roofline_of(m, a, b, tk, o->disk_bw, o->mem_bw, &r);
+    fprintf(stderr, "moestream: experts (%s): %.1f needed per token, hit rate %.1f%%, read %.2f MB per token", b->io,
+            r.experts_needed, 100.0 * r.hit_rate, r.read_bytes / 1e6);
+    if (r.read_bytes > 0) fprintf(stderr, ", %.2f GB/s achieved", r.read_bytes * tk / secs / 1e9);
     if (b->cache_slots) fprintf(stderr, ", cache %llu experts (%.2f GiB)", (unsigned long long)b->cache_slots, b->cache_bytes / 1073741824.0);
     if (b->prefetches > a->prefetches)
         fprintf(stderr, ", prefetch accuracy %.1f%%",
                 100.0 * (double)(b->prefetch_used - a->prefetch_used) / (double)(b->prefetches - a->prefetches));
     fprintf(stderr, "\n");
-    /* roofline: every missed expert must come from disk, every resident byte touched from RAM */
-    double missed = (req - hit) * per_expert / tk;
-    double resident = (double)(in.bytes_dense - in.bytes_embd) + hit * per_expert / tk;
-    double t_min = missed / o->disk_bw + resident / o->mem_bw;
     fprintf(stderr, "moestream: roofline: %.1f MB missed / %.2f GB/s disk + %.1f MB resident / %.0f GB/s memory = %.2f ms/token "
                     "-> at most %.2f tok/s (achieved %.2f, %.0f%%)\n",
-            missed / 1e6, o->disk_bw / 1e9, resident / 1e6, o->mem_bw / 1e9, 1e3 * t_min, 1.0 / t_min, tk / secs,
-            100.0 * (tk / secs) * t_min);
+            r.missed_bytes / 1e6, o->disk_bw / 1e9, r.resident_bytes / 1e6, o->mem_bw / 1e9, 1e3 * r.seconds,
+            1.0 / r.seconds, tk / secs, 100.0 * (tk / secs) * r.seconds);
     fprintf(stderr, "moestream: memory: peak RSS %.2f GiB", peak_rss() / 1073741824.0);
     if (o->mem) fprintf(stderr, " (budget %.2f GiB)", o->mem / 1073741824.0);
     fprintf(stderr, ", dense %.2f GiB, context %.2f GiB\n", b->bytes_dense / 1073741824.0, b->bytes_context / 1073741824.0);
@@ -491,6 +486,7 @@ int main(int argc, char **argv) {
     ms_install_sigbus_handler();
     if (!strcmp(argv[1], "chat")) return cmd_chat(argc, argv);
     if (!strcmp(argv[1], "serve")) return cmd_serve(argc, argv);
+    if (!strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
     opts o;
     parse_opts(argc, argv, &o);
     const char *cmd = argv[1];

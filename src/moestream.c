@@ -287,6 +287,22 @@ void ms_context_stats(const ms_context *c, ms_stats *o) {
     o->gpu_bytes_in = t->cache_bytes_in;
 }
 
+void ms_roofline_of(const ms_model *m, const ms_stats *a, const ms_stats *b, double tokens, double disk_bw,
+                    double mem_bw, ms_roofline *o) {
+    memset(o, 0, sizeof *o);
+    if (tokens <= 0) return;
+    ms_model_info in;
+    ms_model_get_info(m, &in);
+    double req = (double)(b->expert_requests - a->expert_requests), hit = (double)(b->expert_hits - a->expert_hits);
+    double per_expert = (double)in.bytes_per_expert;
+    o->experts_needed = req / tokens;
+    o->hit_rate = req > 0 ? hit / req : 0;
+    o->missed_bytes = (req - hit) * per_expert / tokens;
+    o->resident_bytes = (double)(in.bytes_dense - in.bytes_embd) + (double)in.bytes_embd / in.n_vocab + hit * per_expert / tokens;
+    o->read_bytes = (double)(b->bytes_read - a->bytes_read) / tokens;
+    o->seconds = o->missed_bytes / disk_bw + o->resident_bytes / mem_bw;
+}
+
 /* ---- sampling ---- */
 
 void ms_sampler_params_default(ms_sampler_params *p) {
