@@ -16,7 +16,7 @@ import urllib.parse
 
 def stream_once(u, key, tokens, seed, prompt):
     body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "stream": True,
-                       "seed": seed, "stream_options": {"include_usage": True}})
+                       "seed": seed, "stream_options": {"include_usage": True}, "ignore_eos": True})
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     t0 = time.perf_counter()
     c.request("POST", "/v1/chat/completions", body, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--clients", type=int, default=20)
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.base)
-    print(f"server {a.base}, {a.tokens} tokens per request, {a.reps} sequential, {a.clients} concurrent")
+    print(f"server {a.base}, {a.tokens} tokens per request (ignore_eos), {a.reps} sequential, {a.clients} concurrent")
     stream_once(u, a.key, 4, 0, "warm up")
     ttft, lat, tps = [], [], []
     for i in range(a.reps):

@@ -44,7 +44,7 @@ typedef struct job {
     int chat;               /* /v1/chat/completions, else /v1/completions */
     int stream, include_usage;
     int32_t *ids;
-    int n, hist_end, think_open, tools_offered;
+    int n, hist_end, think_open, tools_offered, ignore_eos;
     ms_sampler_params sp;
     int max_tokens;
     char **stop;
@@ -448,6 +448,7 @@ static int parse_common(server *s, json_t *req, job *j, int default_max, bad *b)
         }
     }
     if (opt_bool(req, "stream", &j->stream, b) < 0) return -1;
+    if (opt_bool(req, "ignore_eos", &j->ignore_eos, b) < 0) return -1; /* llama.cpp's extension, for benchmarks */
     json_t *so = json_object_get(req, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) return fail(b, 400, "stream_options", "invalid_type", "'stream_options' must be an object");
@@ -662,6 +663,7 @@ static void run_job(server *s, job *j) {
     req.think_budget = -1;
     req.tools = j->tools_offered;
     req.raw = !j->chat;
+    req.ignore_eos = j->ignore_eos;
     req.plan = j->plan;
     req.cancel = job_cancelled;
     req.on_text = on_text;

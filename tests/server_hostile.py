@@ -101,6 +101,7 @@ def main():
     expect_error("max_tokens zero", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})
     expect_error("max_tokens a float", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5})
     expect_error("max_tokens beyond the limit", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9})
+    expect_error("ignore_eos not a boolean", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "ignore_eos": 1})
     expect_error("stream not a boolean", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "stream": "yes"})
     expect_error("stop a number", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "stop": 5})
     expect_error("n = 2", 400, "POST", C, {"messages": [{"role": "user", "content": "x"}], "n": 2})
@@ -133,6 +134,22 @@ def main():
     expect_error("10 MB body", 413, "POST", C, raw=big)
     ok_request("after the hostile requests")
 
+    # stop strings: the reply ends where the stop string would begin, finish_reason "stop"
+    greedy = dict(max_tokens=24, temperature=0, ignore_eos=True)
+    chat(**greedy)  # once first, so the next two resume from the same saved state
+    st, js = chat(**greedy)
+    full = js["choices"][0]["message"]["content"] if st == 200 else ""
+    cut = next((i for i in range(4, len(full) - 3) if len(full[i:i + 3].split()) == 1 and len(full[i:i + 3]) == 3 and
+                full[i:i + 3].split()[0] == full[i:i + 3]), None)
+    if cut is not None:
+        stop = full[cut:cut + 3]
+        st, js = chat(stop=[stop, "never-matches"], **greedy)
+        got = js["choices"][0] if st == 200 else {}
+        check(st == 200 and got["message"]["content"] == full[:full.index(stop)].rstrip("\n") and got["finish_reason"] == "stop",
+              f"stop string {stop!r} cuts {full!r}", js)
+    else:
+        check(False, "a greedy reply long enough to test stop strings", full)
+
     # raw garbage and a half request on the socket
     for junk in (b"\x00\x01\x02 garbage\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"mess"):
         s = socket.create_connection((HOST, PORT), timeout=10)
@@ -148,7 +165,7 @@ def main():
     # a client dropping mid-stream: its generation stops
     cancelled0 = metric("requests_cancelled_total") or 0
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell me everything"}],
-                       "max_tokens": 4000, "stream": True, "seed": 2}).encode()
+                       "max_tokens": 4000, "stream": True, "seed": 2, "ignore_eos": True}).encode()
     s = socket.create_connection((HOST, PORT), timeout=30)
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
               b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -170,7 +187,7 @@ def main():
     ok_request("after a dropped stream")
 
     # a non-streaming client that leaves while its request waits in the queue
-    blockers = [threading.Thread(target=lambda: chat(max_tokens=200)) for _ in range(2)]
+    blockers = [threading.Thread(target=lambda: chat(max_tokens=200, ignore_eos=True)) for _ in range(2)]
     for t in blockers:
         t.start()
     time.sleep(0.05)
