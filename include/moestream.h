@@ -119,6 +119,7 @@ typedef struct ms_context_params {
     int n_ctx;         /* positions (default 4096) */
     int n_batch;       /* tokens per forward pass (default 512) */
     int n_threads;     /* 0: every online CPU */
+    int lookahead;     /* 1: run each next layer's router early and prefetch its experts (decode) */
     int gpu;           /* 1: the CUDA backend (needs a CUDA build) */
     int gpu_device;    /* CUDA device index */
     uint64_t gpu_mem;  /* VRAM budget in bytes for the GPU backend (0: what is free) */

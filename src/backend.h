@@ -24,6 +24,7 @@ typedef struct ms_backend_params {
     int n_ctx;          /* positions */
     int n_batch;        /* tokens per forward pass */
     int n_threads;      /* CPU threads (0: all) */
+    int lookahead;      /* prefetch the next layer's predicted experts while this one computes */
     uint64_t gpu_mem;   /* GPU: VRAM budget in bytes (0: what is free) */
     int gpu_device;     /* GPU: device index */
 } ms_backend_params;

@@ -20,8 +20,7 @@
 typedef struct bench_opts {
     front_opts f;
     int n_prompt, n_gen, reps, warmup, cold;
-    const char *io, *evict, *format, *svg;
-    uint64_t mem;
+    const char *format, *svg;
     uint64_t sweep[32];
     int n_sweep;
     double disk_bw, mem_bw;
@@ -48,31 +47,13 @@ static uint64_t peak_rss(void) {
     return (uint64_t)ru.ru_maxrss * 1024;
 }
 
-static int parse_size(const char *s, uint64_t *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v <= 0) return -1;
-    double mul = 1;
-    switch (*end) {
-    case 'k': case 'K': mul = 1024.0; end++; break;
-    case 'm': case 'M': mul = 1048576.0; end++; break;
-    case 'g': case 'G': mul = 1073741824.0; end++; break;
-    case 't': case 'T': mul = 1099511627776.0; end++; break;
-    }
-    if (*end == 'i') end++;
-    if (*end == 'B') end++;
-    if (*end) return -1;
-    *out = (uint64_t)(v * mul);
-    return 0;
-}
-
 static void usage(void) {
     puts("usage: moestream bench -m MODEL [options]\n"
          "  -p N              prompt test of N random tokens in batches (default 512; 0: skip)\n"
          "  -n N              generation test of N tokens one at a time (default 128; 0: skip)\n"
          "  -r N              repetitions (default 3); a warm-up run precedes them unless --no-warmup\n"
          "  -t N              threads (default: all cores)\n"
-         "  --io MODE, --mem SIZE, --evict lru|lfu   expert residency, memory budget, cache policy\n"
+         "  --io MODE, --mem SIZE, --evict lru|lfu, --lookahead   expert residency, budget, policy, prefetch\n"
          "  --cold            drop the OS page cache and reload the model before every repetition (root)\n"
          "  --sweep-mem A,B,C run the generation test at each budget; --svg FILE draws the sweep\n"
          "  -o md|json|csv    output format (default md)\n"
@@ -87,16 +68,9 @@ static void drop_caches(void) {
 }
 
 static ms_model *load(const bench_opts *o, uint64_t mem) {
-    ms_model_params mp;
-    ms_model_params_default(&mp);
-    mp.n_expert_used = o->f.experts;
-    mp.io = o->io;
-    mp.mem_budget = mem;
-    mp.evict = o->evict;
-    ms_model *m;
-    ms_error err;
-    if (ms_model_load(o->f.model, &mp, &m, &err)) front_die("%s", err.msg);
-    return m;
+    front_opts fo = o->f;
+    fo.mem = mem;
+    return front_load_model(&fo);
 }
 
 static uint64_t rng_next(uint64_t *s) {
@@ -133,7 +107,7 @@ static result run_test(const bench_opts *o, const char *test, int n, uint64_t me
         ms_context_reset(c);
         int nv = ms_n_vocab(m);
         for (int i = 0; i < n; i++) ids[i] = (int32_t)(rng_next(&seed) % (uint64_t)nv);
-        int count = rep < 0 ? (strcmp(test, "pp") ? 4 : n) : n; /* warm-up: a short run */
+        int count = n; /* the warm-up is a whole run, so "warm" means after one run, as for llama.cpp */
         ms_context_stats(c, &a);
         double t0 = now();
         if (!strcmp(test, "pp")) {
@@ -191,7 +165,7 @@ static void human(uint64_t b, char *out, size_t n) {
 static void print_results(const bench_opts *o, const ms_model_info *in, const result *rs, int n) {
     char model[96];
     snprintf(model, sizeof model, "%s %.1fGB", in->arch, in->bytes_total / 1e9);
-    const char *io = o->io ? o->io : (o->mem || rs[0].mem) ? "direct" : "mmap";
+    const char *io = o->f.io ? o->f.io : (o->f.mem || rs[0].mem) ? "direct" : "mmap";
     if (!strcmp(o->format, "json")) {
         printf("[\n");
         for (int i = 0; i < n; i++) {
@@ -298,20 +272,15 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-r")) o.reps = (int)front_int(a, front_arg(argc, argv, &i), 1, 1000);
         else if (!strcmp(a, "--no-warmup")) o.warmup = 0;
         else if (!strcmp(a, "--cold")) o.cold = 1;
-        else if (!strcmp(a, "--io")) o.io = front_arg(argc, argv, &i);
-        else if (!strcmp(a, "--evict")) o.evict = front_arg(argc, argv, &i);
         else if (!strcmp(a, "-o")) o.format = front_arg(argc, argv, &i);
         else if (!strcmp(a, "--svg")) o.svg = front_arg(argc, argv, &i);
         else if (!strcmp(a, "--disk-bw")) o.disk_bw = front_float(a, front_arg(argc, argv, &i)) * 1e9;
         else if (!strcmp(a, "--mem-bw")) o.mem_bw = front_float(a, front_arg(argc, argv, &i)) * 1e9;
-        else if (!strcmp(a, "--mem")) {
-            const char *v = front_arg(argc, argv, &i);
-            if (parse_size(v, &o.mem)) front_die("--mem expects a size like 8G, got '%s'", v);
-        } else if (!strcmp(a, "--sweep-mem")) {
+        else if (!strcmp(a, "--sweep-mem")) {
             char *list = strdup(front_arg(argc, argv, &i));
             for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
                 if (o.n_sweep == 32) front_die("--sweep-mem takes at most 32 budgets");
-                if (parse_size(tok, &o.sweep[o.n_sweep++])) front_die("--sweep-mem: bad size '%s'", tok);
+                o.sweep[o.n_sweep++] = front_size("--sweep-mem", tok);
             }
             free(list);
         } else front_die("unknown option '%s' (see moestream bench --help)", a);
@@ -321,7 +290,7 @@ int cmd_bench(int argc, char **argv) {
         front_die("-o takes md, json or csv, not '%s'", o.format);
     if (o.svg && !o.n_sweep) front_die("--svg draws a --sweep-mem");
     if (!o.f.threads) o.f.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    ms_model *m = load(&o, o.n_sweep ? o.sweep[0] : o.mem);
+    ms_model *m = load(&o, o.n_sweep ? o.sweep[0] : o.f.mem);
     ms_model_info in;
     ms_model_get_info(m, &in);
     static char arch[64];
@@ -331,10 +300,10 @@ int cmd_bench(int argc, char **argv) {
     ms_model_free(m);
     char budget[32];
     if (o.n_sweep) snprintf(budget, sizeof budget, "swept");
-    else if (o.mem) snprintf(budget, sizeof budget, "%.2f GiB", o.mem / 1073741824.0);
+    else if (o.f.mem) snprintf(budget, sizeof budget, "%.2f GiB", o.f.mem / 1073741824.0);
     else snprintf(budget, sizeof budget, "none");
     fprintf(stderr, "moestream bench: %s, %d threads, io %s, budget %s, %s, %d repetitions%s\n", o.f.model, o.f.threads,
-            o.io ? o.io : (o.mem || o.n_sweep) ? "direct" : "mmap", budget, o.cold ? "cold" : "warm", o.reps,
+            o.f.io ? o.f.io : (o.f.mem || o.n_sweep) ? "direct" : "mmap", budget, o.cold ? "cold" : "warm", o.reps,
             o.warmup && !o.cold ? " after a warm-up" : "");
     result rs[64];
     int n = 0;
@@ -345,8 +314,8 @@ int cmd_bench(int argc, char **argv) {
                     100 * rs[n - 1].hit_rate);
         }
     } else {
-        if (o.n_prompt) rs[n++] = run_test(&o, "pp", o.n_prompt, o.mem);
-        if (o.n_gen) rs[n++] = run_test(&o, "tg", o.n_gen, o.mem);
+        if (o.n_prompt) rs[n++] = run_test(&o, "pp", o.n_prompt, o.f.mem);
+        if (o.n_gen) rs[n++] = run_test(&o, "tg", o.n_gen, o.f.mem);
     }
     print_results(&o, &in, rs, n);
     if (o.svg) {

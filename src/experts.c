@@ -302,7 +302,9 @@ int experts_set_cache(ms_store *s, uint64_t cache_bytes, ms_err *e) {
     free_cache(s);
     for (size_t i = 0; i < (size_t)s->n_layer * s->n_expert; i++) s->where[i] = -1;
     s->arena_bytes = (size_t)n * s->slot_bytes;
-    void *a = mmap(NULL, s->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /* populated now: the cache is memory the budget grants, and zeroing pages on first touch
+     * would otherwise land in the middle of decoding */
+    void *a = mmap(NULL, s->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     s->slots = ms_calloc((size_t)n, sizeof(slot));
     if (a == MAP_FAILED || !s->slots) {
         if (a != MAP_FAILED) munmap(a, s->arena_bytes);
@@ -370,10 +372,12 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
         int si = s->where[key];
         if (si >= 0) {
             slot *sl = &s->slots[si];
-            s->st.hits++;
+            /* a prefetched expert still came from disk: it counts for the prefetch, not as a hit */
             if (sl->prefetched) {
                 s->st.prefetch_used++;
                 sl->prefetched = 0;
+            } else {
+                s->st.hits++;
             }
             sl->pins++;
             touch(s, sl);

@@ -37,7 +37,7 @@ typedef struct ms_store_params {
 
 typedef struct ms_store_stats {
     uint64_t requests;    /* experts asked for (acquire) */
-    uint64_t hits;        /* served without a read (already cached or being prefetched) */
+    uint64_t hits;        /* found in the cache (a prefetched expert counts in prefetch_used instead) */
     uint64_t bytes_read;  /* bytes read from the file (aligned windows included) */
     uint64_t reads;       /* read requests issued */
     double read_seconds;  /* summed time of individual reads */

@@ -44,6 +44,8 @@ struct ms_fwd {
     ms_timing timing;
     int32_t *history;            /* [n_ctx]: the token at each position */
     uint64_t host_bytes;         /* everything allocated for this context */
+    int lookahead;               /* prefetch the next layer's likely experts (decode) */
+    float *look;                 /* [n_embd] the lookahead's normed hidden state */
     /* recurrent-state snapshots, so a shared prefix can be resumed (see fwd_checkpoint) */
     struct {
         int pos;                 /* -1: empty */
@@ -260,20 +262,14 @@ static void gdn_task(void *ctx, int h, int thread) {
         float decay = expf(f->alpha[(size_t)t * nv + h]); /* alpha holds the gate g here */
         float beta = f->beta[(size_t)t * nv + h];
         float *o = f->gdn_o + (size_t)t * nv * dv + (size_t)h * dv;
+        /* per value row j of the state: kv = (decay S_j) . k, delta = (v_j - kv) beta,
+         * S_j = decay S_j + delta k, o_j = S_j . q / sqrt(d_k); the dots use the SIMD kernel */
         for (int jj = 0; jj < dv; jj++) {
             float *row = S + (size_t)jj * dk;
-            float kv = 0;
-            for (int i = 0; i < dk; i++) {
-                row[i] *= decay;
-                kv += row[i] * k[i];
-            }
+            float kv = decay * quant_dot(MS_TYPE_F32, row, k, dk);
             float delta = (v[jj] - kv) * beta;
-            float out = 0;
-            for (int i = 0; i < dk; i++) {
-                row[i] += k[i] * delta;
-                out += row[i] * q[i];
-            }
-            o[jj] = out * scale;
+            for (int i = 0; i < dk; i++) row[i] = decay * row[i] + delta * k[i];
+            o[jj] = quant_dot(MS_TYPE_F32, row, q, dk) * scale;
         }
         /* gated RMS norm of the head's output: norm(o) * w * silu(z) */
         const float *z = f->z + (size_t)t * nv * dv + (size_t)h * dv;
@@ -490,6 +486,31 @@ static int route(ms_fwd *f, int T) {
     return n_exp;
 }
 
+/* Router lookahead: runs layer il's router on the current residual (what layer il will see,
+ * minus the updates still to come) and prefetches its top-k experts, so the disk works on the
+ * next layer while this one computes. Its reads queue behind this layer's. */
+static void lookahead(ms_fwd *f, int il) {
+    const ms_hparams *hp = &f->m->hp;
+    const ms_layer *nx = &f->m->layers[il];
+    int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
+    rmsnorm(f->look, f->x, nx->ffn_norm, E, hp->norm_eps);
+    mm_op o = mm(&nx->router, f->look, E, f->look + E, NE, 1);
+    mm_run(f, &o, 1);
+    const float *lg = f->look + E;
+    int ids[64];
+    int n = MS_MIN(K, 64);
+    for (int kk = 0; kk < n; kk++) {
+        int best = -1;
+        for (int x = 0; x < NE; x++) {
+            int taken = 0;
+            for (int q = 0; q < kk; q++) taken |= ids[q] == x;
+            if (!taken && (best < 0 || lg[x] > lg[best])) best = x;
+        }
+        ids[kk] = best;
+    }
+    experts_prefetch(f->store, il, ids, n);
+}
+
 static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
     const ms_hparams *hp = &f->m->hp;
     int E = hp->n_embd, NE = hp->n_expert;
@@ -515,6 +536,7 @@ static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
     for (int w0 = 0; w0 < n_exp; w0 += cap) {
         int w1 = MS_MIN(n_exp, w0 + cap);
         if (experts_request(f->store, il, f->exp_ids + w0, w1 - w0, e)) return e ? e->status : MS_ERR_IO;
+        if (w0 == 0 && T == 1 && f->lookahead && il + 1 < hp->n_layer) lookahead(f, il + 1);
         if (w0 == 0 && ly->sh_up.data) {
             double ts = ms_time();
             int sf = hp->n_ff_shexp;
@@ -715,7 +737,8 @@ static int *alloc_i(ms_fwd *f, size_t n, int *fail) {
     return p;
 }
 
-ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_ctx, int n_batch, ms_err *e) {
+ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_ctx, int n_batch, int lookahead,
+                ms_err *e) {
     const ms_hparams *hp = &m->hp;
     if (n_ctx <= 0 || n_batch <= 0) {
         ms_fail(e, MS_ERR_ARG, "context size and batch size must be positive");
@@ -733,6 +756,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->nth = pool_size(pool);
     f->n_ctx = n_ctx;
     f->n_batch = n_batch;
+    f->lookahead = lookahead;
     int fail = 0;
     size_t L = (size_t)hp->n_layer, T = (size_t)n_batch, E = (size_t)hp->n_embd;
     f->k_cache = ms_calloc(L, sizeof(float *));
@@ -782,6 +806,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->sh_u = alloc_f(f, T * (size_t)hp->n_ff_shexp, &fail);
     f->sh_gate = alloc_f(f, T, &fail);
     f->moe = alloc_f(f, T * E, &fail);
+    f->look = alloc_f(f, E + NE, &fail);
     /* per-thread row buffer: the longest dequantized row, or the attention score row */
     size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
     longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));
@@ -821,7 +846,7 @@ void fwd_free(ms_fwd *f) {
     ms_free(f->ssm_state);
     float *fs[] = {f->x, f->h, f->a, f->q, f->att, f->qkv, f->z, f->beta, f->alpha, f->gdn_o, f->router,
                    f->sel_w, f->slot_w, f->act_g, f->act_u, f->sh_g, f->sh_u, f->sh_gate, f->moe,
-                   f->thread_buf, f->logits};
+                   f->thread_buf, f->logits, f->look};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) ms_free_aligned(fs[i]);
     ms_free(f->sel);
     ms_free(f->exp_fill);
@@ -863,7 +888,7 @@ static void *cpu_create(const struct ms_model *m, ms_store *store, const ms_back
         cpu_destroy(c);
         return NULL;
     }
-    c->fwd = fwd_new(m, store, c->pool, p->n_ctx, p->n_batch, e);
+    c->fwd = fwd_new(m, store, c->pool, p->n_ctx, p->n_batch, p->lookahead, e);
     if (!c->fwd) {
         cpu_destroy(c);
         return NULL;

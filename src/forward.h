@@ -15,9 +15,11 @@
 
 typedef struct ms_fwd ms_fwd;
 
-/* Creates a context for n_ctx positions, evaluating at most n_batch tokens per call.
+/* Creates a context for n_ctx positions, evaluating at most n_batch tokens per call; lookahead
+ * prefetches each next layer's predicted experts during decode.
  * The pool and store are borrowed (the caller keeps them alive). NULL on error. */
-ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_ctx, int n_batch, ms_err *e);
+ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_ctx, int n_batch, int lookahead,
+                ms_err *e);
 void fwd_free(ms_fwd *f);
 
 /* Evaluates tokens[0..n) at positions pos..pos+n-1 and advances pos. Logits are kept for the

@@ -89,6 +89,22 @@ float front_float(const char *flag, const char *v) {
     return x;
 }
 
+uint64_t front_size(const char *flag, const char *v) {
+    char *end;
+    double x = strtod(v, &end);
+    double mul = 1;
+    switch (end != v ? *end : 0) {
+    case 'k': case 'K': mul = 1024.0; end++; break;
+    case 'm': case 'M': mul = 1048576.0; end++; break;
+    case 'g': case 'G': mul = 1073741824.0; end++; break;
+    case 't': case 'T': mul = 1099511627776.0; end++; break;
+    }
+    if (end != v && *end == 'i') end++;
+    if (end != v && *end == 'B') end++;
+    if (end == v || *end || !(x > 0) || x * mul > 1.8e19) front_die("%s expects a size like 8G, got '%s'", flag, v);
+    return (uint64_t)(x * mul);
+}
+
 int front_parse_common(int argc, char **argv, int *i, front_opts *o) {
     const char *a = argv[*i];
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = front_arg(argc, argv, i);
@@ -106,6 +122,14 @@ int front_parse_common(int argc, char **argv, int *i, front_opts *o) {
         o->sp.seed = s < 0 ? MS_SEED_RANDOM : (uint64_t)s;
     } else if (!strcmp(a, "--experts-per-token")) o->experts = (int)front_int(a, front_arg(argc, argv, i), 1, 1 << 16);
     else if (!strcmp(a, "--chat-template")) o->chat_template = front_arg(argc, argv, i);
+    else if (!strcmp(a, "--io")) o->io = front_arg(argc, argv, i);
+    else if (!strcmp(a, "--evict")) o->evict = front_arg(argc, argv, i);
+    else if (!strcmp(a, "--mem")) o->mem = front_size(a, front_arg(argc, argv, i));
+    else if (!strcmp(a, "--io-threads")) o->io_threads = (int)front_int(a, front_arg(argc, argv, i), 1, 1024);
+    else if (!strcmp(a, "--lookahead")) o->lookahead = 1;
+    else if (!strcmp(a, "--gpu")) o->gpu = 1;
+    else if (!strcmp(a, "--gpu-device")) o->gpu_device = (int)front_int(a, front_arg(argc, argv, i), 0, 64);
+    else if (!strcmp(a, "--gpu-mem")) o->gpu_mem = front_size(a, front_arg(argc, argv, i));
     else return 0;
     return 1;
 }
@@ -115,6 +139,10 @@ ms_model *front_load_model(const front_opts *o) {
     ms_model_params mp;
     ms_model_params_default(&mp);
     mp.n_expert_used = o->experts;
+    mp.io = o->io;
+    mp.mem_budget = o->mem;
+    mp.evict = o->evict;
+    mp.io_threads = o->io_threads;
     ms_model *m;
     ms_error err;
     if (ms_model_load(o->model, &mp, &m, &err)) front_die("%s", err.msg);
@@ -127,6 +155,10 @@ ms_context *front_new_context(ms_model *m, const front_opts *o) {
     if (o->n_ctx) cp.n_ctx = o->n_ctx;
     cp.n_batch = o->n_batch;
     cp.n_threads = o->threads;
+    cp.lookahead = o->lookahead;
+    cp.gpu = o->gpu;
+    cp.gpu_device = o->gpu_device;
+    cp.gpu_mem = o->gpu_mem;
     ms_context *c;
     ms_error err;
     if (ms_context_new(m, &cp, &c, &err)) front_die("%s", err.msg);

@@ -35,17 +35,25 @@ typedef struct front_opts {
     const char *model, *chat_template;
     int n_ctx, n_batch, threads, experts;
     ms_sampler_params sp;
+    const char *io, *evict;      /* expert residency and cache policy */
+    uint64_t mem;                /* --mem budget (0: none) */
+    int io_threads, lookahead;
+    int gpu, gpu_device;
+    uint64_t gpu_mem;
 } front_opts;
 
 void front_opts_default(front_opts *o);
 /* If argv[*i] is a common option (-m, -c, -b, -t, --temp, --top-k, --top-p, --min-p,
- * --repeat-penalty, --repeat-last-n, --seed, --experts-per-token, --chat-template), consumes it
- * and its value (advancing *i) and returns 1; else returns 0. Dies on a bad value. */
+ * --repeat-penalty, --repeat-last-n, --seed, --experts-per-token, --chat-template, --io, --mem,
+ * --evict, --io-threads, --lookahead, --gpu, --gpu-mem, --gpu-device), consumes it and its value
+ * (advancing *i) and returns 1; else returns 0. Dies on a bad value. */
 int front_parse_common(int argc, char **argv, int *i, front_opts *o);
 /* Value of the option at argv[*i] (advancing *i), or dies naming the option. */
 const char *front_arg(int argc, char **argv, int *i);
 long front_int(const char *flag, const char *v, long lo, long hi);
 float front_float(const char *flag, const char *v);
+/* "8G", "512M", "1.5GiB" -> bytes, or dies naming the flag. */
+uint64_t front_size(const char *flag, const char *v);
 /* Loads the model / makes a context as the options say, or dies with the library's message. */
 ms_model *front_load_model(const front_opts *o);
 ms_context *front_new_context(ms_model *m, const front_opts *o);

@@ -76,6 +76,7 @@ static void usage(FILE *out) {
           "  --mem SIZE                memory budget for the whole process (dense weights + context + expert cache)\n"
           "  --evict lru|lfu           expert cache policy (default lru)\n"
           "  --io-threads N            expert reads in flight (default 32)\n"
+          "  --lookahead               prefetch each next layer's predicted experts while this one computes\n"
           "  --stats, --timing         print expert hit rate, bytes read, roofline; per-token time breakdown\n"
           "  --disk-bw GBPS, --mem-bw GBPS   bandwidths for the roofline (default 1.42 and 37)\n"
           "  --gpu                     run on the GPU (a build with CUDA=1): dense weights in VRAM, experts\n"
@@ -95,7 +96,7 @@ typedef struct opts {
     int n_predict, threads, n_ctx, n_batch, experts, no_special, ignore_eos;
     const char *io, *evict;
     uint64_t mem;
-    int io_threads, stats, timing;
+    int io_threads, stats, timing, lookahead;
     double disk_bw, mem_bw;
     int gpu, gpu_device;
     uint64_t gpu_mem;
@@ -158,6 +159,7 @@ static void parse_opts(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--evict")) o->evict = ARG();
         else if (!strcmp(a, "--io-threads")) o->io_threads = (int)parse_int(a, ARG(), 1, 1024);
         else if (!strcmp(a, "--stats")) o->stats = 1;
+        else if (!strcmp(a, "--lookahead")) o->lookahead = 1;
         else if (!strcmp(a, "--timing")) o->timing = 1;
         else if (!strcmp(a, "--disk-bw")) o->disk_bw = parse_float(a, ARG()) * 1e9;
         else if (!strcmp(a, "--mem-bw")) o->mem_bw = parse_float(a, ARG()) * 1e9;
@@ -232,6 +234,7 @@ static ms_context *new_context(ms_model *m, const opts *o, int min_ctx) {
     else if (min_ctx > cp.n_ctx) cp.n_ctx = min_ctx;
     cp.n_batch = o->n_batch;
     cp.n_threads = o->threads;
+    cp.lookahead = o->lookahead;
     cp.gpu = o->gpu;
     cp.gpu_mem = o->gpu_mem;
     cp.gpu_device = o->gpu_device;

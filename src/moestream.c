@@ -204,6 +204,7 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
     bp.n_ctx = p->n_ctx > 0 ? p->n_ctx : 4096;
     bp.n_batch = p->n_batch > 0 ? p->n_batch : 512;
     bp.n_threads = p->n_threads;
+    bp.lookahead = p->lookahead;
     bp.gpu_mem = p->gpu_mem;
     bp.gpu_device = p->gpu_device;
     const ms_backend *be = &ms_backend_cpu;
