@@ -59,9 +59,12 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/%)
 $(BUILD)/%_avx2.o: CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/%_avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
 
-.PHONY: all test clean san-test deps
+.PHONY: all test clean san-test deps demo
 .SECONDARY:
-all: moestream
+# The Debian packages come first (scripts/install-deps.sh installs what is missing as root, or
+# says which to install): a fresh Debian 12 builds with plain `make`.
+all: deps
+	@$(MAKE) --no-print-directory moestream
 
 $(BUILD)/%.o: src/%.c $(wildcard src/*.h) include/moestream.h | $(BUILD)
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -105,6 +108,15 @@ san-test: $(BUILD)/moestream $(TEST_BIN)
 
 deps:
 	@./scripts/install-deps.sh
+
+# The main job on a bundled default, no download: a synthetic qwen3next-80b-a3b cut to 4 layers
+# (~3.9 GB) run within a 2 GiB budget, about half of it, with the expert statistics.
+DEMO_DIR ?= /tmp/moestream-demo
+demo: all
+	@mkdir -p $(DEMO_DIR)
+	@test -f $(DEMO_DIR)/demo.gguf || ./moestream synth --preset qwen3next-80b-a3b --layers 4 --type Q4_K -o $(DEMO_DIR)/demo.gguf
+	./moestream info -m $(DEMO_DIR)/demo.gguf | head -12
+	./moestream run -m $(DEMO_DIR)/demo.gguf --mem 2G --lookahead -p "The quick brown fox" -n 64 --ignore-eos --stats --timing
 
 clean:
 	rm -rf build moestream

@@ -39,8 +39,8 @@ struct ms_fwd {
     float *moe;                  /* [T][n_embd] */
     float *thread_buf;           /* [nth][thread_buf_len] */
     size_t thread_buf_len;
-    float *logits;               /* [n_batch or 1][n_vocab] */
-    int n_logits;
+    float *logits;               /* [logits_cap][n_vocab]: one row until all-position logits are asked for */
+    int n_logits, logits_cap;
     ms_timing timing;
     int32_t *history;            /* [n_ctx]: the token at each position */
     uint64_t host_bytes;         /* everything allocated for this context */
@@ -617,6 +617,15 @@ int fwd_eval(ms_fwd *f, const int32_t *tokens, int n, int all_logits, ms_err *e)
                        f->pos, n, f->n_ctx);
     if (all_logits && n > f->n_batch)
         return ms_fail(e, MS_ERR_ARG, "all-position logits need n <= batch size (%d > %d)", n, f->n_batch);
+    if (all_logits && n > f->logits_cap) {
+        /* grown on first use (verification tools): a [n_batch][n_vocab] block is large */
+        float *p = ms_malloc_aligned(sizeof(float) * (size_t)f->n_batch * hp->n_vocab);
+        if (!p) return ms_fail(e, MS_ERR_NOMEM, "out of memory for %d rows of logits", f->n_batch);
+        ms_free_aligned(f->logits);
+        f->logits = p;
+        f->logits_cap = f->n_batch;
+        f->host_bytes += sizeof(float) * (size_t)(f->n_batch - 1) * hp->n_vocab;
+    }
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
             return ms_fail(e, MS_ERR_ARG, "token id %d out of range [0, %d)", tokens[i], hp->n_vocab);
@@ -813,7 +822,8 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     longest = MS_MAX(longest, (size_t)n_ctx);
     f->thread_buf_len = (longest + 15) & ~(size_t)15;
     f->thread_buf = alloc_f(f, (size_t)f->nth * f->thread_buf_len, &fail);
-    f->logits = alloc_f(f, T * (size_t)hp->n_vocab, &fail);
+    f->logits = alloc_f(f, (size_t)hp->n_vocab, &fail);
+    f->logits_cap = 1;
     f->history = alloc_i(f, (size_t)n_ctx, &fail);
     for (size_t il = 0; il < L; il++)
         if (m->layers[il].kind == MS_LAYER_GDN)
