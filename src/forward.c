@@ -69,6 +69,20 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+/* Indices of the k largest of v[0..n) into out[0..k), largest first (ties: lower index first). */
+static void topk(const float *v, int n, int k, int *out) {
+    int m = 0;
+    for (int x = 0; x < n; x++) {
+        if (m == k && v[x] <= v[out[k - 1]]) continue;
+        int p = m < k ? m++ : k - 1;
+        while (p > 0 && v[x] > v[out[p - 1]]) {
+            out[p] = out[p - 1];
+            p--;
+        }
+        out[p] = x;
+    }
+}
+
 /* ------------------------------------------------------------------ matrix products */
 
 /* y[t][r] = W_r . x[t] for t < n_tok, r < n_out; x and y rows ldx / ldy floats apart. */
@@ -447,17 +461,11 @@ static int route(ms_fwd *f, int T) {
         for (int x = 0; x < NE; x++) lg[x] = (float)(lg[x] / sum);
         int *sel = f->sel + (size_t)t * K;
         float *sw = f->sel_w + (size_t)t * K, wsum = 0;
+        topk(lg, NE, K, sel);
         for (int kk = 0; kk < K; kk++) {
-            int best = -1;
-            for (int x = 0; x < NE; x++) {
-                int taken = 0;
-                for (int q = 0; q < kk; q++) taken |= sel[q] == x;
-                if (!taken && (best < 0 || lg[x] > lg[best])) best = x;
-            }
-            sel[kk] = best;
-            sw[kk] = lg[best];
-            wsum += lg[best];
-            f->exp_count[best]++;
+            sw[kk] = lg[sel[kk]];
+            wsum += sw[kk];
+            f->exp_count[sel[kk]]++;
         }
         for (int kk = 0; kk < K; kk++) {
             if (hp->norm_topk) sw[kk] /= wsum;
@@ -487,27 +495,29 @@ static int route(ms_fwd *f, int T) {
 }
 
 /* Router lookahead: runs layer il's router on the current residual (what layer il will see,
- * minus the updates still to come) and prefetches its top-k experts, so the disk works on the
- * next layer while this one computes. Its reads queue behind this layer's. */
-static void lookahead(ms_fwd *f, int il) {
+ * minus the updates still to come) and prefetches the top-k experts of every token of the
+ * batch, so the disk works on the next layer while this one computes. Its reads queue behind
+ * this layer's. */
+static void lookahead(ms_fwd *f, int il, int T) {
     const ms_hparams *hp = &f->m->hp;
     const ms_layer *nx = &f->m->layers[il];
     int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
-    rmsnorm(f->look, f->x, nx->ffn_norm, E, hp->norm_eps);
-    mm_op o = mm(&nx->router, f->look, E, f->look + E, NE, 1);
+    float *hn = f->look, *lg = f->look + (size_t)T * E;
+    for (int t = 0; t < T; t++) rmsnorm(hn + (size_t)t * E, f->x + (size_t)t * E, nx->ffn_norm, E, hp->norm_eps);
+    mm_op o = mm(&nx->router, hn, E, lg, NE, T);
     mm_run(f, &o, 1);
-    const float *lg = f->look + E;
-    int ids[64];
-    int n = MS_MIN(K, 64);
-    for (int kk = 0; kk < n; kk++) {
-        int best = -1;
-        for (int x = 0; x < NE; x++) {
-            int taken = 0;
-            for (int q = 0; q < kk; q++) taken |= ids[q] == x;
-            if (!taken && (best < 0 || lg[x] > lg[best])) best = x;
-        }
-        ids[kk] = best;
+    /* mark each token's top-k; the prefetch list goes in expert order */
+    int *want = f->exp_fill; /* [n_expert] scratch; route() has finished with it */
+    memset(want, 0, sizeof(int) * NE);
+    for (int t = 0; t < T; t++) {
+        int sel[64];
+        topk(lg + (size_t)t * NE, NE, MS_MIN(K, 64), sel);
+        for (int kk = 0; kk < MS_MIN(K, 64); kk++) want[sel[kk]] = 1;
     }
+    int *ids = f->exp_index; /* route()'s expert -> compact map is no longer needed either */
+    int n = 0;
+    for (int x = 0; x < NE; x++)
+        if (want[x]) ids[n++] = x;
     experts_prefetch(f->store, il, ids, n);
 }
 
@@ -536,7 +546,7 @@ static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
     for (int w0 = 0; w0 < n_exp; w0 += cap) {
         int w1 = MS_MIN(n_exp, w0 + cap);
         if (experts_request(f->store, il, f->exp_ids + w0, w1 - w0, e)) return e ? e->status : MS_ERR_IO;
-        if (w0 == 0 && T == 1 && f->lookahead && il + 1 < hp->n_layer) lookahead(f, il + 1);
+        if (w0 == 0 && f->lookahead && il + 1 < hp->n_layer) lookahead(f, il + 1, T);
         if (w0 == 0 && ly->sh_up.data) {
             double ts = ms_time();
             int sf = hp->n_ff_shexp;
@@ -815,7 +825,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->sh_u = alloc_f(f, T * (size_t)hp->n_ff_shexp, &fail);
     f->sh_gate = alloc_f(f, T, &fail);
     f->moe = alloc_f(f, T * E, &fail);
-    f->look = alloc_f(f, E + NE, &fail);
+    f->look = alloc_f(f, T * (E + NE), &fail);
     /* per-thread row buffer: the longest dequantized row, or the attention score row */
     size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
     longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));

@@ -2,6 +2,7 @@
  * generation over the public API (prefix reuse, sampling, stop strings, a reasoning budget, a
  * planned tool call with constrained values, cancellation). It prints nothing but fatal errors. */
 #include "front.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -90,19 +91,9 @@ float front_float(const char *flag, const char *v) {
 }
 
 uint64_t front_size(const char *flag, const char *v) {
-    char *end;
-    double x = strtod(v, &end);
-    double mul = 1;
-    switch (end != v ? *end : 0) {
-    case 'k': case 'K': mul = 1024.0; end++; break;
-    case 'm': case 'M': mul = 1048576.0; end++; break;
-    case 'g': case 'G': mul = 1073741824.0; end++; break;
-    case 't': case 'T': mul = 1099511627776.0; end++; break;
-    }
-    if (end != v && *end == 'i') end++;
-    if (end != v && *end == 'B') end++;
-    if (end == v || *end || !(x > 0) || x * mul > 1.8e19) front_die("%s expects a size like 8G, got '%s'", flag, v);
-    return (uint64_t)(x * mul);
+    uint64_t b;
+    if (ms_parse_size(v, &b) || !b) front_die("%s expects a size like 8G, got '%s'", flag, v);
+    return b;
 }
 
 int front_parse_common(int argc, char **argv, int *i, front_opts *o) {
@@ -129,7 +120,7 @@ int front_parse_common(int argc, char **argv, int *i, front_opts *o) {
     else if (!strcmp(a, "--lookahead")) o->lookahead = 1;
     else if (!strcmp(a, "--gpu")) o->gpu = 1;
     else if (!strcmp(a, "--gpu-device")) o->gpu_device = (int)front_int(a, front_arg(argc, argv, i), 0, 64);
-    else if (!strcmp(a, "--gpu-mem")) o->gpu_mem = front_size(a, front_arg(argc, argv, i));
+    else if (!strcmp(a, "--gpu-mem")) o->gpu_mem = front_size(a, front_arg(argc, argv, i)), o->gpu = 1;
     else return 0;
     return 1;
 }
@@ -143,9 +134,17 @@ ms_model *front_load_model(const front_opts *o) {
     mp.mem_budget = o->mem;
     mp.evict = o->evict;
     mp.io_threads = o->io_threads;
+    mp.track_residency = o->track_residency;
     ms_model *m;
     ms_error err;
     if (ms_model_load(o->model, &mp, &m, &err)) front_die("%s", err.msg);
+    if (o->experts) {
+        ms_model_info info;
+        ms_model_get_info(m, &info);
+        if (info.n_expert_used != info.n_expert_used_model)
+            fprintf(stderr, "moestream: note: routing each token to %d experts instead of the model's %d changes the output\n",
+                    info.n_expert_used, info.n_expert_used_model);
+    }
     return m;
 }
 

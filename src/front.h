@@ -40,6 +40,7 @@ typedef struct front_opts {
     int io_threads, lookahead;
     int gpu, gpu_device;
     uint64_t gpu_mem;
+    int track_residency;         /* mmap mode: count page-cache hits (run --stats) */
 } front_opts;
 
 void front_opts_default(front_opts *o);

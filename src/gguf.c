@@ -66,7 +66,7 @@ static char *str_dup(gguf_str s) {
     return d;
 }
 
-static int vtype_size(int t) {
+int gguf_vtype_size(int t) {
     switch (t) {
     case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
     case GGUF_U16: case GGUF_I16: return 2;
@@ -90,7 +90,7 @@ static int64_t sign_extend(uint64_t v, int bytes) {
 
 /* Reads a scalar of type t into kv. */
 static int rd_scalar(cursor *c, int t, gguf_kv *kv) {
-    int sz = vtype_size(t);
+    int sz = gguf_vtype_size(t);
     uint64_t raw = rd_uint(c, sz, "metadata value");
     if (c->failed) return -1;
     switch (t) {
@@ -118,7 +118,7 @@ static int skip_array(cursor *c, int t, uint64_t n, int depth) {
             if (!c->failed) skip_array(c, et, en, depth + 1);
         }
     } else {
-        int sz = vtype_size(t);
+        int sz = gguf_vtype_size(t);
         uint64_t bytes;
         if (!sz) return cur_fail(c, "unknown array element type");
         if (ms_mul_ok(n, (uint64_t)sz, &bytes) || cur_need(c, bytes, "array data")) return cur_fail(c, "array data");
@@ -259,7 +259,7 @@ char *gguf_get_str(const gguf_file *f, const char *key) {
 
 int gguf_arr_u64(const gguf_kv *kv, uint64_t i, uint64_t *out) {
     if (kv->type != GGUF_ARRAY || i >= kv->v.arr.n) return -1;
-    int t = kv->v.arr.type, sz = vtype_size(t);
+    int t = kv->v.arr.type, sz = gguf_vtype_size(t);
     if (!sz || t == GGUF_F32 || t == GGUF_F64) return -1;
     uint64_t raw = 0;
     const uint8_t *p = (const uint8_t *)kv->v.arr.data + i * sz;
@@ -280,7 +280,7 @@ int gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out) {
     if (t == GGUF_F32) { float x; memcpy(&x, p + 4 * i, 4); *out = x; return 0; }
     if (t == GGUF_F64) { memcpy(out, p + 8 * i, 8); return 0; }
     if (is_signed(t)) {
-        int sz = vtype_size(t);
+        int sz = gguf_vtype_size(t);
         uint64_t raw = 0;
         for (int b = 0; b < sz; b++) raw |= (uint64_t)p[i * sz + b] << (8 * b);
         *out = (double)sign_extend(raw, sz);

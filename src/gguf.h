@@ -98,6 +98,8 @@ int gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out);
 /* Tensor lookup by name, or NULL. */
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);
 
+/* Bytes of a scalar value type (0 for strings, arrays and unknown types). */
+int gguf_vtype_size(int type);
 /* Name of a value type ("u32", "string", ...). */
 const char *gguf_vtype_name(int type);
 

@@ -56,16 +56,6 @@ static int put_u32(buf *b, uint32_t v) { return buf_put(b, &v, 4); } /* little-e
 static int put_u64(buf *b, uint64_t v) { return buf_put(b, &v, 8); }
 static int put_str(buf *b, const char *s, uint64_t n) { return put_u64(b, n) || buf_put(b, s, n); }
 
-static int scalar_size(int t) {
-    switch (t) {
-    case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
-    case GGUF_U16: case GGUF_I16: return 2;
-    case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
-    case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
-    default: return 0;
-    }
-}
-
 gguf_writer *gguf_writer_new(void) { return ms_calloc(1, sizeof(gguf_writer)); }
 
 void gguf_writer_free(gguf_writer *w) {
@@ -83,7 +73,7 @@ int gguf_writer_kv(gguf_writer *w, const char *key, int type, const void *val) {
         const char *s = *(const char *const *)val;
         if (put_str(b, s, strlen(s))) return -1;
     } else {
-        int sz = scalar_size(type);
+        int sz = gguf_vtype_size(type);
         if (!sz || buf_put(b, val, (size_t)sz)) return -1;
     }
     w->n_kv++;
@@ -98,7 +88,7 @@ int gguf_writer_kv_arr(gguf_writer *w, const char *key, int et, const void *data
         for (uint64_t i = 0; i < n; i++)
             if (put_str(b, s[i], strlen(s[i]))) return -1;
     } else {
-        int sz = scalar_size(et);
+        int sz = gguf_vtype_size(et);
         if (!sz || buf_put(b, data, (size_t)(n * (uint64_t)sz))) return -1;
     }
     w->n_kv++;
@@ -116,7 +106,7 @@ int gguf_writer_kv_copy(gguf_writer *w, const gguf_kv *kv) {
         if (et == GGUF_STRING) {
             for (uint64_t i = 0; i < kv->v.arr.n; i++)
                 if (put_str(b, kv->v.arr.strs[i].ptr, kv->v.arr.strs[i].len)) return -1;
-        } else if (buf_put(b, kv->v.arr.data, (size_t)(kv->v.arr.n * (uint64_t)scalar_size(et)))) {
+        } else if (buf_put(b, kv->v.arr.data, (size_t)(kv->v.arr.n * (uint64_t)gguf_vtype_size(et)))) {
             return -1;
         }
         w->n_kv++;
@@ -129,7 +119,7 @@ int gguf_writer_kv_copy(gguf_writer *w, const gguf_kv *kv) {
     }
     /* scalars: rebuild the little-endian value from the decoded union */
     uint8_t raw[8];
-    int sz = scalar_size(kv->type);
+    int sz = gguf_vtype_size(kv->type);
     if (kv->type == GGUF_F32) { float f = (float)kv->v.f; memcpy(raw, &f, 4); }
     else if (kv->type == GGUF_F64) memcpy(raw, &kv->v.f, 8);
     else { uint64_t u = kv->v.u; memcpy(raw, &u, (size_t)sz); }

@@ -12,39 +12,10 @@
 #include "front.h"
 #include "moestream.h"
 
-/* "20G", "512M", "1.5GiB" -> bytes; 0 on success. */
-static int ms_parse_size_cli(const char *s, uint64_t *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v < 0) return -1;
-    double mul = 1;
-    switch (*end) {
-    case 'k': case 'K': mul = 1024.0; end++; break;
-    case 'm': case 'M': mul = 1048576.0; end++; break;
-    case 'g': case 'G': mul = 1073741824.0; end++; break;
-    case 't': case 'T': mul = 1099511627776.0; end++; break;
-    }
-    if (*end == 'i') end++;
-    if (*end == 'B') end++;
-    if (*end) return -1;
-    *out = (uint64_t)(v * mul);
-    return 0;
-}
-
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("moestream: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
 }
 
 static void usage(FILE *out) {
@@ -89,159 +60,74 @@ static void usage(FILE *out) {
 }
 
 typedef struct opts {
-    const char *model, *prompt, *file, *ids, *out, *text, *preset, *type_name;
+    front_opts f;      /* -m, -c, -b, -t, sampling, --io, --mem, --gpu ... (front.c) */
+    const char *prompt, *file, *ids, *out, *text, *preset, *type_name;
     float skew;
-    uint64_t split_bytes, seed_synth;
-    int layers;
-    int n_predict, threads, n_ctx, n_batch, experts, no_special, ignore_eos;
-    const char *io, *evict;
-    uint64_t mem;
-    int io_threads, stats, timing, lookahead;
+    uint64_t split_bytes;
+    int layers, n_predict, no_special, ignore_eos, stats, timing;
     double disk_bw, mem_bw;
-    int gpu, gpu_device;
-    uint64_t gpu_mem;
-    ms_sampler_params sp;
 } opts;
-
-static long parse_int(const char *flag, const char *v, long lo, long hi) {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) die("%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
-    return x;
-}
-
-static float parse_float(const char *flag, const char *v) {
-    char *end;
-    float x = strtof(v, &end);
-    if (end == v || *end) die("%s expects a number, got '%s'", flag, v);
-    return x;
-}
 
 static void parse_opts(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
+    front_opts_default(&o->f);
     o->n_predict = 256;
     o->disk_bw = 1.42e9; /* this machine's measured random-read peak (DESIGN.md); --disk-bw to change */
     o->mem_bw = 37e9;    /* two-core streaming read, measured by bench/bench_quant */
-    o->n_batch = 512;
-    ms_sampler_params_default(&o->sp);
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
-#define ARG() (i + 1 < argc ? argv[++i] : (die("%s needs a value", a), ""))
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = ARG();
-        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = ARG();
+        if (front_parse_common(argc, argv, &i, &o->f)) continue;
+#define ARG() front_arg(argc, argv, &i)
+        if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = ARG();
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) o->file = ARG();
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) o->n_predict = (int)parse_int(a, ARG(), -1, INT_MAX);
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o->threads = (int)parse_int(a, ARG(), 1, 1024);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) o->n_ctx = (int)parse_int(a, ARG(), 1, 1 << 24);
-        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) o->n_batch = (int)parse_int(a, ARG(), 1, 1 << 16);
-        else if (!strcmp(a, "--temp")) o->sp.temperature = parse_float(a, ARG());
-        else if (!strcmp(a, "--top-k")) o->sp.top_k = (int)parse_int(a, ARG(), 0, INT_MAX);
-        else if (!strcmp(a, "--top-p")) o->sp.top_p = parse_float(a, ARG());
-        else if (!strcmp(a, "--min-p")) o->sp.min_p = parse_float(a, ARG());
-        else if (!strcmp(a, "--repeat-penalty")) o->sp.repeat_penalty = parse_float(a, ARG());
-        else if (!strcmp(a, "--repeat-last-n")) o->sp.repeat_last_n = (int)parse_int(a, ARG(), 0, 1 << 20);
-        else if (!strcmp(a, "--seed") || !strcmp(a, "-s")) {
-            const char *v = ARG();
-            long long s = strtoll(v, NULL, 10);
-            o->sp.seed = s < 0 ? MS_SEED_RANDOM : (uint64_t)s;
-        } else if (!strcmp(a, "--experts-per-token")) o->experts = (int)parse_int(a, ARG(), 1, 1 << 16);
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) o->n_predict = (int)front_int(a, ARG(), -1, INT_MAX);
         else if (!strcmp(a, "--no-special")) o->no_special = 1;
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
-        else if (!strcmp(a, "--gpu")) o->gpu = 1;
-        else if (!strcmp(a, "--gpu-device")) o->gpu_device = (int)parse_int(a, ARG(), 0, 1024);
-        else if (!strcmp(a, "--gpu-mem")) {
-            const char *v = ARG();
-            if (ms_parse_size_cli(v, &o->gpu_mem) || !o->gpu_mem) die("--gpu-mem expects a size like 8G, got '%s'", v);
-            o->gpu = 1;
-        }
-        else if (!strcmp(a, "--io")) o->io = ARG();
-        else if (!strcmp(a, "--evict")) o->evict = ARG();
-        else if (!strcmp(a, "--io-threads")) o->io_threads = (int)parse_int(a, ARG(), 1, 1024);
-        else if (!strcmp(a, "--stats")) o->stats = 1;
-        else if (!strcmp(a, "--lookahead")) o->lookahead = 1;
+        else if (!strcmp(a, "--stats")) o->stats = o->f.track_residency = 1;
         else if (!strcmp(a, "--timing")) o->timing = 1;
-        else if (!strcmp(a, "--disk-bw")) o->disk_bw = parse_float(a, ARG()) * 1e9;
-        else if (!strcmp(a, "--mem-bw")) o->mem_bw = parse_float(a, ARG()) * 1e9;
-        else if (!strcmp(a, "--mem")) {
-            const char *v = ARG();
-            if (ms_parse_size_cli(v, &o->mem) || !o->mem) die("--mem expects a size like 8G, got '%s'", v);
-        }
+        else if (!strcmp(a, "--disk-bw")) o->disk_bw = front_float(a, ARG()) * 1e9;
+        else if (!strcmp(a, "--mem-bw")) o->mem_bw = front_float(a, ARG()) * 1e9;
         else if (!strcmp(a, "--preset")) o->preset = ARG();
-        else if (!strcmp(a, "--layers")) o->layers = (int)parse_int(a, ARG(), 1, 4096);
+        else if (!strcmp(a, "--layers")) o->layers = (int)front_int(a, ARG(), 1, 4096);
         else if (!strcmp(a, "--type")) o->type_name = ARG();
-        else if (!strcmp(a, "--skew")) o->skew = parse_float(a, ARG());
-        else if (!strcmp(a, "--split-size")) {
-            const char *v = ARG();
-            if (ms_parse_size_cli(v, &o->split_bytes)) die("--split-size expects a size like 20G, got '%s'", v);
-        }
+        else if (!strcmp(a, "--skew")) o->skew = front_float(a, ARG());
+        else if (!strcmp(a, "--split-size")) o->split_bytes = front_size(a, ARG());
         else if (!strcmp(a, "--ids")) o->ids = ARG();
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o->out = ARG();
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
-        else if (a[0] == '-' && a[1]) die("unknown option '%s' (see moestream --help)", a);
+        else if (a[0] == '-' && a[1]) front_die("unknown option '%s' (see moestream --help)", a);
         else if (!o->text) o->text = a;
-        else die("unexpected argument '%s'", a);
+        else front_die("unexpected argument '%s'", a);
 #undef ARG
     }
 }
 
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f) die("%s: cannot open: %s", path, strerror(errno));
+    if (!f) front_die("%s: cannot open: %s", path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
         if (n + 4096 > cap) buf = realloc(buf, cap *= 2);
-        if (!buf) die("out of memory reading %s", path);
+        if (!buf) front_die("out of memory reading %s", path);
         size_t r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
         if (r == 0) break;
     }
-    if (ferror(f)) die("%s: read error", path);
+    if (ferror(f)) front_die("%s: read error", path);
     fclose(f);
     buf[n] = 0;
     *len = n;
     return buf;
 }
 
-static ms_model *load_model(const opts *o) {
-    if (!o->model) die("no model given (use -m FILE)");
-    ms_model_params mp;
-    ms_model_params_default(&mp);
-    mp.n_expert_used = o->experts;
-    mp.io = o->io;
-    mp.mem_budget = o->mem;
-    mp.evict = o->evict;
-    mp.io_threads = o->io_threads;
-    mp.track_residency = o->stats;
-    ms_model *m;
-    ms_error err;
-    if (ms_model_load(o->model, &mp, &m, &err)) die("%s", err.msg);
-    if (o->experts) {
-        ms_model_info info;
-        ms_model_get_info(m, &info);
-        if (info.n_expert_used != info.n_expert_used_model)
-            fprintf(stderr, "moestream: note: routing each token to %d experts instead of the model's %d changes the output\n",
-                    info.n_expert_used, info.n_expert_used_model);
-    }
-    return m;
-}
+static ms_model *load_model(const opts *o) { return front_load_model(&o->f); }
 
+/* A context holding at least min_ctx positions unless -c says otherwise. */
 static ms_context *new_context(ms_model *m, const opts *o, int min_ctx) {
-    ms_context_params cp;
-    ms_context_params_default(&cp);
-    if (o->n_ctx) cp.n_ctx = o->n_ctx;
-    else if (min_ctx > cp.n_ctx) cp.n_ctx = min_ctx;
-    cp.n_batch = o->n_batch;
-    cp.n_threads = o->threads;
-    cp.lookahead = o->lookahead;
-    cp.gpu = o->gpu;
-    cp.gpu_mem = o->gpu_mem;
-    cp.gpu_device = o->gpu_device;
-    ms_context *c;
-    ms_error err;
-    if (ms_context_new(m, &cp, &c, &err)) die("%s", err.msg);
-    return c;
+    front_opts f = o->f;
+    if (!f.n_ctx && min_ctx > 4096) f.n_ctx = min_ctx;
+    return front_new_context(m, &f);
 }
 
 static void human_bytes(uint64_t b, char *out, size_t n) {
@@ -299,11 +185,11 @@ static int cmd_tokenize(const opts *o) {
     else if (o->text || o->prompt) {
         text = strdup(o->text ? o->text : o->prompt);
         len = strlen(text);
-    } else die("tokenize needs TEXT or -f FILE");
+    } else front_die("tokenize needs TEXT or -f FILE");
     int32_t *ids;
     int n;
     ms_error err;
-    if (ms_tokenize(m, text, len, !o->no_special, &ids, &n, &err)) die("%s", err.msg);
+    if (ms_tokenize(m, text, len, !o->no_special, &ids, &n, &err)) front_die("%s", err.msg);
     for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
     printf("\n");
     ms_free_ids(ids);
@@ -313,7 +199,7 @@ static int cmd_tokenize(const opts *o) {
 }
 
 static int cmd_logits(const opts *o) {
-    if (!o->ids || !o->out) die("logits needs --ids FILE and -o OUT.f32");
+    if (!o->ids || !o->out) front_die("logits needs --ids FILE and -o OUT.f32");
     ms_model *m = load_model(o);
     size_t len;
     char *txt = read_file(o->ids, &len);
@@ -328,27 +214,27 @@ static int cmd_logits(const opts *o) {
         if (end == p || errno || v < 0 || v > INT32_MAX) {
             int w = 0;
             while (w < 20 && p[w] && p[w] != ' ' && p[w] != '\n' && p[w] != '\t' && p[w] != '\r') w++;
-            die("%s: not a token id: '%.*s'", o->ids, w, p);
+            front_die("%s: not a token id: '%.*s'", o->ids, w, p);
         }
         if (n == cap) ids = realloc(ids, sizeof(int32_t) * (cap *= 2));
         ids[n++] = (int32_t)v;
         p = end;
     }
     free(txt);
-    if (!n) die("%s: no token ids", o->ids);
+    if (!n) front_die("%s: no token ids", o->ids);
     ms_context *c = new_context(m, o, n);
     FILE *out = fopen(o->out, "wb");
-    if (!out) die("%s: cannot create: %s", o->out, strerror(errno));
+    if (!out) front_die("%s: cannot create: %s", o->out, strerror(errno));
     int nv = ms_n_vocab(m);
     ms_error err;
     for (int done = 0; done < n;) {
-        int b = n - done < o->n_batch ? n - done : o->n_batch;
-        if (ms_eval(c, ids + done, b, 1, &err)) die("%s", err.msg);
+        int b = n - done < o->f.n_batch ? n - done : o->f.n_batch;
+        if (ms_eval(c, ids + done, b, 1, &err)) front_die("%s", err.msg);
         for (int i = 0; i < b; i++)
-            if (fwrite(ms_logits(c, i), sizeof(float), (size_t)nv, out) != (size_t)nv) die("%s: write error", o->out);
+            if (fwrite(ms_logits(c, i), sizeof(float), (size_t)nv, out) != (size_t)nv) front_die("%s: write error", o->out);
         done += b;
     }
-    if (fclose(out)) die("%s: write error", o->out);
+    if (fclose(out)) front_die("%s: write error", o->out);
     fprintf(stderr, "moestream: wrote %d x %d logits to %s\n", n, nv, o->out);
     free(ids);
     ms_context_free(c);
@@ -357,21 +243,21 @@ static int cmd_logits(const opts *o) {
 }
 
 static int cmd_synth(const opts *o) {
-    if (!o->preset) die("synth needs --preset NAME (presets: %s)", ms_synth_presets());
-    if (!o->out) die("synth needs -o FILE");
+    if (!o->preset) front_die("synth needs --preset NAME (presets: %s)", ms_synth_presets());
+    if (!o->out) front_die("synth needs -o FILE");
     ms_synth_params sp = {0};
     sp.preset = o->preset;
     sp.n_layer = o->layers;
     sp.type = ms_type_from_name(o->type_name ? o->type_name : "Q4_K");
-    if (sp.type < 0) die("unknown tensor type '%s'", o->type_name);
+    if (sp.type < 0) front_die("unknown tensor type '%s'", o->type_name);
     sp.skew = o->skew;
     sp.split_bytes = o->split_bytes;
-    sp.seed = o->sp.seed == MS_SEED_RANDOM ? 1 : o->sp.seed;
+    sp.seed = o->f.sp.seed == MS_SEED_RANDOM ? 1 : o->f.sp.seed;
     uint64_t bytes = ms_synth_size(&sp);
     double t0 = now();
     ms_error err;
     fprintf(stderr, "moestream: writing %s (%.2f GB of tensors)...\n", o->out, bytes / 1e9);
-    if (ms_synth(&sp, o->out, &bytes, &err)) die("%s", err.msg);
+    if (ms_synth(&sp, o->out, &bytes, &err)) front_die("%s", err.msg);
     double dt = now() - t0;
     fprintf(stderr, "moestream: wrote %.2f GB in %.1f s (%.2f GB/s)\n", bytes / 1e9, dt, bytes / 1e9 / dt);
     return 0;
@@ -411,7 +297,7 @@ static void print_stats(const ms_model *m, const opts *o, const ms_stats *a, con
             r.missed_bytes / 1e6, o->disk_bw / 1e9, r.resident_bytes / 1e6, o->mem_bw / 1e9, 1e3 * r.seconds,
             1.0 / r.seconds, tk / secs, 100.0 * (tk / secs) * r.seconds);
     fprintf(stderr, "moestream: memory: peak RSS %.2f GiB", peak_rss() / 1073741824.0);
-    if (o->mem) fprintf(stderr, " (budget %.2f GiB)", o->mem / 1073741824.0);
+    if (o->f.mem) fprintf(stderr, " (budget %.2f GiB)", o->f.mem / 1073741824.0);
     fprintf(stderr, ", dense %.2f GiB, context %.2f GiB\n", b->bytes_dense / 1073741824.0, b->bytes_context / 1073741824.0);
 }
 
@@ -424,27 +310,27 @@ static int cmd_run(const opts *o) {
     else if (o->prompt || o->text) {
         text = strdup(o->prompt ? o->prompt : o->text);
         len = strlen(text);
-    } else die("run needs a prompt (-p TEXT or -f FILE)");
+    } else front_die("run needs a prompt (-p TEXT or -f FILE)");
     int32_t *ids;
     int n;
     ms_error err;
-    if (ms_tokenize(m, text, len, 1, &ids, &n, &err)) die("%s", err.msg);
+    if (ms_tokenize(m, text, len, 1, &ids, &n, &err)) front_die("%s", err.msg);
     free(text);
-    if (n == 0) die("the prompt is empty");
+    if (n == 0) front_die("the prompt is empty");
     ms_context *c = new_context(m, o, 0);
     if (n >= ms_context_n_ctx(c))
-        die("the prompt has %d tokens but the context holds %d (raise -c)", n, ms_context_n_ctx(c));
-    ms_sampler *s = ms_sampler_new(m, &o->sp);
-    if (!s) die("out of memory");
+        front_die("the prompt has %d tokens but the context holds %d (raise -c)", n, ms_context_n_ctx(c));
+    ms_sampler *s = ms_sampler_new(m, &o->f.sp);
+    if (!s) front_die("out of memory");
     double t_load = now() - t0;
     for (int i = 0; i < n; i++) ms_sampler_accept(s, ids[i]);
     double t1 = now();
-    if (ms_eval(c, ids, n, 0, &err)) die("%s", err.msg);
+    if (ms_eval(c, ids, n, 0, &err)) front_die("%s", err.msg);
     double t_prompt = now() - t1;
     ms_stats st0;
     ms_context_stats(c, &st0);
     ms_detok *d = ms_detok_new(m, 0);
-    if (!d) die("out of memory");
+    if (!d) front_die("out of memory");
     int gen = 0, n_eval = 0;
     double t2 = now();
     int limit = o->n_predict < 0 ? INT_MAX : o->n_predict;
@@ -458,7 +344,7 @@ static int cmd_run(const opts *o) {
         fwrite(piece, 1, k, stdout);
         fflush(stdout);
         if (gen == limit) break;
-        if (ms_eval(c, &tok, 1, 0, &err)) die("%s", err.msg);
+        if (ms_eval(c, &tok, 1, 0, &err)) front_die("%s", err.msg);
         n_eval++;
     }
     size_t k;
@@ -498,6 +384,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o);
     if (!strcmp(cmd, "logits")) return cmd_logits(&o);
     if (!strcmp(cmd, "synth")) return cmd_synth(&o);
-    die("unknown command '%s' (commands: run, info, tokenize, logits, chat, serve)", cmd);
+    front_die("unknown command '%s' (commands: run, info, tokenize, logits, chat, serve)", cmd);
     return 1;
 }
