@@ -1,0 +1,54 @@
+#!/bin/sh
+# bench/cpu.sh - CPU speed against llama.cpp, same GGUF, same threads, one script run.
+#
+#   LLAMA_BIN=/path/to/llama.cpp/build/bin bench/cpu.sh [OUT_DIR]
+#
+# 1. small/qwen35moe Q4_K_M fixture: tg128 (issue 2's decode number)
+# 2. a model that fits in RAM: synthetic qwen3-30b-a3b at Q4_K cut to 22 layers (~8.5 GB):
+#    pp512 and tg128 (llama-bench with its defaults: it fits, so repacking is what users get)
+# 3. with BIG=path: pp512 on a model larger than RAM (e.g. bench/stream.sh's 45 GB
+#    qwen3next-80b-a3b), moestream --io direct --mem MEM against llama.cpp memory-mapped with
+#    repacking off (llama-batched-bench, which reads random ids like llama-bench), page cache
+#    dropped before each.
+set -eu
+out=${1:-/tmp/ms-cpu}
+bin=${MS_BIN:-./moestream}
+llama=${LLAMA_BIN:?set LLAMA_BIN to a llama.cpp build/bin directory}
+fx=${FIXTURES:-../shared/fixtures}
+T=${THREADS:-2}
+R=${REPS:-3}
+MEM=${MEM:-20G}
+mkdir -p "$out"
+res="$out/cpu.md"
+: >"$res"
+log() { echo "$@" | tee -a "$res"; }
+load() { cut -d' ' -f1 /proc/loadavg; }
+ms_tps() { awk -F'|' '/\| (pp|tg)[0-9]/ {gsub(/ /,"",$9); split($9,a,"±"); print $8 ": " a[1] " ± " a[2]}'; }
+ll_tps() { awk -F'|' '/ (pp|tg)[0-9]+ / {gsub(/ /,"",$(NF-1)); split($(NF-1),a,"±"); t=$(NF-2); gsub(/ /,"",t); print t ": " a[1] " ± " a[2]}'; }
+
+log "moestream $(git rev-parse --short HEAD 2>/dev/null), $T threads, $R repetitions, $(date -u +%Y-%m-%dT%H:%MZ)"
+small=$fx/small/qwen35moe/qwen35moe-Q4_K_M.gguf
+log ""
+log "## small/qwen35moe Q4_K_M, tg128 (load avg $(load))"
+log "- moestream: $("$bin" bench -m "$small" -p 0 -n 128 -r "$R" -t "$T" 2>/dev/null | ms_tps)"
+log "- llama.cpp: $("$llama/llama-bench" -m "$small" -p 0 -n 128 -r "$R" -t "$T" 2>/dev/null | ll_tps)"
+
+fit=$out/qwen3-30b-a3b-22l-q4k.gguf
+[ -f "$fit" ] || "$bin" synth --preset qwen3-30b-a3b --layers 22 --type Q4_K -o "$fit"
+log ""
+log "## synthetic qwen3-30b-a3b, 22 layers, Q4_K ($(du -h "$fit" | cut -f1)): pp512, tg128 (load avg $(load))"
+"$bin" bench -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ms_fit.txt"
+"$llama/llama-bench" -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ll_fit.txt"
+log "- moestream: $(ms_tps <"$out/ms_fit.txt" | tr '\n' ' ')"
+log "- llama.cpp: $(ll_tps <"$out/ll_fit.txt" | tr '\n' ' ')"
+
+if [ -n "${BIG:-}" ]; then
+    log ""
+    log "## $(basename "$BIG") ($(du -h "$BIG" | cut -f1)), pp512, cold (load avg $(load))"
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    log "- moestream --io direct --mem $MEM: $("$bin" bench -m "$BIG" -p 512 -n 0 -r 1 --no-warmup -t "$T" --io direct --mem "$MEM" 2>/dev/null | ms_tps)"
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    "$llama/llama-batched-bench" -m "$BIG" -npp 512 -ntg 1 -npl 1 -c 600 -t "$T" --no-repack >"$out/ll_big.txt" 2>&1 || true
+    log "- llama.cpp mmap, no repack: pp512: $(awk -F'|' '/^\| +512 \|/ {gsub(/ /,"",$7); print $7}' "$out/ll_big.txt")"
+fi
+echo "results in $res"
