@@ -1,20 +1,24 @@
-/* bench_quant.c - times quant_matvec per weight type and kernel set (scalar, avx2, avx512) over
- * a matrix larger than the last-level cache, the shape of one decode step's weight stream.
+/* bench_quant.c - times the weight kernels per type and kernel set (scalar, avx2, avx512): the
+ * f32-activation matvec (decode today), and the q16 integer paths: matvec (n_tok 1) and the
+ * matrix product over n_tok tokens (prefill, batched experts), beside the f32 batched product
+ * forward.c uses now (dequantize a row once, then one f32 dot per token).
  *
  * Not a test (tests/test_quant.c checks results) and not part of `make`. Weights are random
  * codes with sane block scales, so the timing is that of real rows, not of their values.
  *
  * Build and run from the project root:
- *   make build/libmoestream.a && gcc -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -Iinclude \
- *       -Isrc -pthread bench/bench_quant.c build/libmoestream.a -lm -o build/bench_quant
+ *   make build/bench_quant
  *   ./build/bench_quant                       # all types, all ISAs, 64 MiB, 1 thread
- *   ./build/bench_quant --types Q4_K,Q8_0 --isa avx512 --threads 2 --csv
+ *   ./build/bench_quant --types Q4_K,Q8_0 --isa avx512 --threads 2 --tok 1,8,32,512 --csv
  * If other modules do not build yet, list the objects instead of the library:
- *   gcc ... bench/bench_quant.c src/quant.c src/util.c build/quant_avx2.o build/quant_avx512.o
+ *   gcc ... bench/bench_quant.c src/quant.c src/quant_q16.c src/util.c build/quant_*avx*.o
  *
- * Output per (type, ISA): weight GB/s (10^9 bytes of the matrix per second) and GFLOP/s
- * (2 per weight), mean ± sd over --reps timed passes after --warmup untimed ones, and the
- * ratio to a plain read of a buffer of the same size (the machine's streaming-read peak).
+ * Output per (type, ISA, path, n_tok): weight GB/s (10^9 bytes of the matrix per second: each
+ * pass reads every weight once, whatever n_tok) and GMAC/s (weights times tokens per second),
+ * mean +- sd and best over --reps timed passes after --warmup untimed ones; the best matvec
+ * also as a fraction of a plain read of the same buffer (the streaming-read peak), the best
+ * product as a multiple of the same ISA's best q16 matvec per token. n_tok 1 uses a --mib matrix, larger than the last-level
+ * cache; products use the largest matrix up to --mib that keeps a pass near 2 GMAC.
  */
 #include <pthread.h>
 #include <math.h>
@@ -31,6 +35,7 @@ typedef struct opts {
     int reps, warmup, threads, csv;
     const char *types; /* comma-separated names, or NULL for all supported */
     const char *isas;  /* comma-separated, or NULL for all available */
+    const char *toks;  /* comma-separated token counts for the q16 paths; "" for none */
 } opts;
 
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
@@ -91,28 +96,49 @@ static void fill_weights(int type, uint8_t *w, size_t bytes) {
     }
 }
 
+/* What one timed pass runs. */
+enum path { PATH_F32, PATH_Q16 };
+
 typedef struct job {
-    int type;
+    int type, path, n_tok;
     const uint8_t *w;
     size_t row_bytes;
-    const float *x;
-    float *y;
-    int64_t n, r0, r1;
+    const float *x;    /* [n_tok][n] f32 activations */
+    const void *xq;    /* [n_tok] q16 rows */
+    float *y;          /* [n_tok][rows] */
+    float *scratch;    /* n floats per thread (the f32 batched path's dequantized row) */
+    int64_t n, rows, r0, r1;
 } job;
 
 static void *run_job(void *arg) {
     job *j = arg;
-    quant_matvec(j->type, j->w, j->row_bytes, j->x, j->y, j->n, j->r0, j->r1);
+    if (j->path == PATH_Q16) {
+        if (j->n_tok == 1) quant_matvec_q16(j->type, j->w, j->row_bytes, j->xq, j->y, j->n, j->r0, j->r1);
+        else quant_matmul_q16(j->type, j->w, j->row_bytes, j->n, j->r0, j->r1, j->xq, j->n_tok, j->y, j->rows);
+    } else if (j->n_tok == 1) {
+        quant_matvec(j->type, j->w, j->row_bytes, j->x, j->y, j->n, j->r0, j->r1);
+    } else {
+        /* forward.c's mm_rows today: each row dequantized once, then an f32 dot per token */
+        for (int64_t r = j->r0; r < j->r1; r++) {
+            quant_dequant(j->type, j->w + (size_t)r * j->row_bytes, j->scratch, j->n);
+            for (int t = 0; t < j->n_tok; t++)
+                j->y[t * j->rows + r] = quant_dot(MS_TYPE_F32, j->scratch, j->x + t * j->n, j->n);
+        }
+    }
     return NULL;
 }
 
-/* One full matvec split over `threads` threads (the calling one included); returns seconds. */
-static double timed_matvec(int type, const uint8_t *w, size_t row_bytes, const float *x,
-                           float *y, int64_t n, int64_t rows, int threads) {
+/* One pass of a job split by rows over `threads` threads (the calling one included); returns
+ * seconds. */
+static double timed_pass(const job *proto, int threads) {
     job jobs[64];
     pthread_t tid[64];
-    for (int t = 0; t < threads; t++)
-        jobs[t] = (job){type, w, row_bytes, x, y, n, rows * t / threads, rows * (t + 1) / threads};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = *proto;
+        jobs[t].r0 = proto->rows * t / threads;
+        jobs[t].r1 = proto->rows * (t + 1) / threads;
+        jobs[t].scratch = proto->scratch + t * proto->n;
+    }
     double t0 = ms_time();
     for (int t = 1; t < threads; t++) pthread_create(&tid[t], NULL, run_job, &jobs[t]);
     run_job(&jobs[0]);
@@ -188,12 +214,29 @@ static void print_cpu(void) {
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_quant [--mib 64] [--n 4096] [--reps 10] [--warmup 2] "
-                    "[--threads 1] [--types Q4_K,...] [--isa avx512,...] [--csv]\n");
+                    "[--threads 1] [--types Q4_K,...] [--isa avx512,...] [--tok 1,8,32,512] [--csv]\n");
     exit(2);
 }
 
+/* Mean, sd and best of GB/s over the timed passes. The best pass is the one least disturbed
+ * by whatever else the machine runs (interference only ever slows a pass down). */
+static void measure(const job *j, size_t bytes, const opts *o, double *mean, double *sd,
+                    double *best) {
+    for (int r = 0; r < o->warmup; r++) timed_pass(j, o->threads);
+    double sum = 0, sum2 = 0;
+    *best = 0;
+    for (int r = 0; r < o->reps; r++) {
+        double gbs = (double)bytes / timed_pass(j, o->threads) / 1e9;
+        sum += gbs;
+        sum2 += gbs * gbs;
+        *best = fmax(*best, gbs);
+    }
+    *mean = sum / o->reps;
+    *sd = sqrt(fmax(0, (sum2 - sum * *mean) / (o->reps - 1)));
+}
+
 int main(int argc, char **argv) {
-    opts o = {.mib = 64, .n = 4096, .reps = 10, .warmup = 2, .threads = 1};
+    opts o = {.mib = 64, .n = 4096, .reps = 10, .warmup = 2, .threads = 1, .toks = "1,8,32,512"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--csv") == 0) { o.csv = 1; continue; }
@@ -205,63 +248,114 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--threads") == 0) o.threads = atoi(v);
         else if (strcmp(a, "--types") == 0) o.types = v;
         else if (strcmp(a, "--isa") == 0) o.isas = v;
+        else if (strcmp(a, "--tok") == 0) o.toks = v;
         else usage();
         i++;
     }
     if (o.n <= 0 || o.n % 256 || o.reps < 2 || o.threads < 1 || o.threads > 64) usage();
+    int toks[16], n_toks = 0, max_tok = 1;
+    for (const char *p = o.toks; *p && n_toks < 16;) {
+        toks[n_toks] = atoi(p);
+        if (toks[n_toks] < 1) usage();
+        if (toks[n_toks] > max_tok) max_tok = toks[n_toks];
+        n_toks++;
+        p = strchr(p, ',');
+        if (!p) break;
+        p++;
+    }
 
     quant_init();
-    size_t max_bytes = (size_t)(o.mib * 1048576);
+    size_t max_bytes = (size_t)(o.mib * 1048576), xq_bytes = quant_q16_bytes(o.n);
     uint8_t *w = ms_malloc_aligned(max_bytes + 4096);
-    float *x = ms_malloc_aligned((size_t)o.n * sizeof(float));
-    float *y = ms_malloc_aligned((max_bytes / 16 + 64) * sizeof(float));
-    if (!w || !x || !y) {
+    float *x = ms_malloc_aligned((size_t)max_tok * o.n * sizeof(float));
+    uint8_t *xq = ms_malloc_aligned((size_t)max_tok * xq_bytes);
+    /* y holds the largest of: a matvec's rows, a product's rows times tokens (2 GMAC) */
+    size_t y_len = max_bytes / 16 + 64 + (size_t)(2.2e9 / o.n) + 64 * (size_t)max_tok;
+    float *y = ms_malloc_aligned(y_len * sizeof(float));
+    float *scratch = ms_malloc_aligned((size_t)o.threads * o.n * sizeof(float));
+    if (!w || !x || !xq || !y || !scratch) {
         fprintf(stderr, "bench_quant: cannot allocate %.0f MiB\n", o.mib);
         return 1;
     }
-    for (int64_t i = 0; i < o.n; i++) x[i] = rng_uniform();
+    for (int64_t i = 0; i < (int64_t)max_tok * o.n; i++) x[i] = rng_uniform();
     memset(w, 1, max_bytes);
     double peak = read_peak(w, max_bytes, o.threads, 5);
 
     print_cpu();
-    printf("# matrix %.0f MiB, n = %lld columns, %d thread(s), %d warm-up + %d timed passes; "
+    printf("# matrix up to %.0f MiB, n = %lld columns, %d thread(s), %d warm-up + %d timed passes; "
            "best kernels: %s\n", o.mib, (long long)o.n, o.threads, o.warmup, o.reps, quant_isa());
     printf("# streaming read peak: %.1f GB/s\n", peak);
-    if (o.csv) printf("type,isa,rows,n,mib,threads,gbps_mean,gbps_sd,gflops_mean,frac_of_peak\n");
-    else printf("%-7s %-7s %7s %17s %14s %8s\n", "type", "isa", "rows", "GB/s", "GFLOP/s", "of peak");
+    /* the per-token cost of the q16 paths beside the weights: quantizing the activation row */
+    static const char *const isa_list[] = {"scalar", "avx2", "avx512"};
+    printf("# q16 quantize of one %lld-value row:", (long long)o.n);
+    for (int k = 0; k < 3; k++) {
+        if (!in_list(o.isas, isa_list[k]) || quant_force_isa(isa_list[k]) != 0) continue;
+        double best = 1e30;
+        for (int r = 0; r < 200; r++) {
+            double t0 = ms_time();
+            quant_q16_quantize(x, o.n, xq);
+            best = fmin(best, ms_time() - t0);
+        }
+        printf(" %s %.2f us", isa_list[k], best * 1e6);
+    }
+    printf("\n");
+    if (o.csv)
+        printf("type,isa,path,n_tok,rows,n,mib,threads,gbps_mean,gbps_sd,gbps_best,gmacs_mean,"
+               "gmacs_best,frac_of_peak,x_q16_matvec\n");
+    else
+        printf("%-7s %-7s %-4s %5s %7s %17s %6s %17s %8s\n", "type", "isa", "path", "n_tok", "rows",
+               "GB/s mean ± sd", "best", "GMAC/s mean best", "vs");
 
     static const char *const isas[] = {"scalar", "avx2", "avx512"};
     for (int type = 0; type < MS_TYPE_COUNT; type++) {
         const ms_type_info *ti = quant_info(type);
         if (!ti || !ti->supported || !in_list(o.types, ti->name)) continue;
         size_t row_bytes = quant_row_bytes(type, o.n);
-        int64_t rows = (int64_t)(max_bytes / row_bytes);
-        size_t bytes = (size_t)rows * row_bytes;
-        fill_weights(type, w, bytes);
+        int64_t max_rows = (int64_t)(max_bytes / row_bytes);
+        fill_weights(type, w, (size_t)max_rows * row_bytes);
+        double wpb = (double)ti->block_size / ti->block_bytes; /* weights per byte */
         for (int k = 0; k < 3; k++) {
             if (!in_list(o.isas, isas[k]) || quant_force_isa(isas[k]) != 0) continue;
-            for (int r = 0; r < o.warmup; r++) timed_matvec(type, w, row_bytes, x, y, o.n, rows, o.threads);
-            double sum = 0, sum2 = 0;
-            for (int r = 0; r < o.reps; r++) {
-                double gbs = (double)bytes / timed_matvec(type, w, row_bytes, x, y, o.n, rows, o.threads) / 1e9;
-                sum += gbs;
-                sum2 += gbs * gbs;
+            for (int t = 0; t < max_tok; t++) quant_q16_quantize(x + t * o.n, o.n, xq + t * xq_bytes);
+            double q16_matvec = 0; /* GB/s, the per-token reference for products */
+            for (int p = -1; p < n_toks; p++) {
+                /* p = -1: the f32 matvec; then each token count on q16, and beside each
+                 * product the f32 batched path */
+                int nt = p < 0 ? 1 : toks[p];
+                for (int path = PATH_Q16; path >= PATH_F32; path--) {
+                    int run = p < 0 ? path == PATH_F32 : path == PATH_Q16 || nt > 1;
+                    if (!run || (path == PATH_Q16 && !quant_has_q16(type))) continue;
+                    int64_t rows = nt == 1 ? max_rows : (int64_t)(2e9 / ((double)o.n * nt));
+                    if (rows > max_rows) rows = max_rows;
+                    if (rows < 4 * o.threads) rows = 4 * o.threads;
+                    job j = {type, path, nt, w, row_bytes, x, xq, y, scratch, o.n, rows, 0, rows};
+                    size_t bytes = (size_t)rows * row_bytes;
+                    double mean, sd, best;
+                    measure(&j, bytes, &o, &mean, &sd, &best);
+                    double gmacs = mean * wpb * nt, gmacs_best = best * wpb * nt;
+                    if (path == PATH_Q16 && nt == 1) q16_matvec = best;
+                    /* matvecs: best as a fraction of the read peak; products: best per-token
+                     * speed-up over the best q16 matvec */
+                    double vs = nt == 1 ? best / peak : q16_matvec > 0 ? best * nt / q16_matvec : 0;
+                    const char *pname = path == PATH_Q16 ? "q16" : "f32";
+                    if (o.csv)
+                        printf("%s,%s,%s,%d,%lld,%lld,%.1f,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n",
+                               ti->name, isas[k], pname, nt, (long long)rows, (long long)o.n,
+                               (double)bytes / 1048576, o.threads, mean, sd, best, gmacs,
+                               gmacs_best, nt == 1 ? best / peak : 0, nt == 1 ? 0 : vs);
+                    else
+                        printf("%-7s %-7s %-4s %5d %7lld %8.2f ± %6.2f %6.2f %8.2f %8.2f %7.2f%s\n",
+                               ti->name, isas[k], pname, nt, (long long)rows, mean, sd, best, gmacs,
+                               gmacs_best, nt == 1 ? 100 * vs : vs, nt == 1 ? "%" : "x");
+                    fflush(stdout);
+                }
             }
-            double mean = sum / o.reps, sd = sqrt(fmax(0, (sum2 - sum * mean) / (o.reps - 1)));
-            /* 2 flops per weight; weights per byte = block_size / block_bytes */
-            double gflops = mean * 2.0 * ti->block_size / ti->block_bytes;
-            if (o.csv)
-                printf("%s,%s,%lld,%lld,%.1f,%d,%.3f,%.3f,%.3f,%.3f\n", ti->name, isas[k],
-                       (long long)rows, (long long)o.n, (double)bytes / 1048576, o.threads, mean,
-                       sd, gflops, mean / peak);
-            else
-                printf("%-7s %-7s %7lld %8.2f ± %6.2f %14.2f %7.0f%%\n", ti->name, isas[k],
-                       (long long)rows, mean, sd, gflops, 100 * mean / peak);
-            fflush(stdout);
         }
     }
     ms_free_aligned(w);
     ms_free_aligned(x);
+    ms_free_aligned(xq);
     ms_free_aligned(y);
+    ms_free_aligned(scratch);
     return 0;
 }

@@ -1,8 +1,10 @@
 /* quant.c - GGML tensor types: the layout table, exact half-precision conversions, the scalar
  * reference dequantization and dot product of every supported type, and the run-time choice
- * of SIMD kernels (quant_avx2.c, quant_avx512.c).
+ * of SIMD kernels (quant_avx2.c, quant_avx512.c, and for q16 activations quant_q16_avx2.c,
+ * quant_q16_avx512.c), including the q16 entry points.
  *
- * Not here: SIMD code (the ISA files), quantizing (moestream only reads weights), threads.
+ * Not here: SIMD code (the ISA files), the q16 format and its reference (quant_q16.c),
+ * quantizing weights (moestream only reads them), threads.
  * The reference is written for clarity, one block at a time, following GGML's block layouts
  * (ggml-common.h) and the arithmetic of gguf-py's dequantizers, which made the fixtures: every
  * value is produced with the same float operations in the same order, so dequantization is
@@ -450,32 +452,44 @@ static quant_kernels isa_tables[ISA_COUNT];
 static int isa_available[ISA_COUNT];
 static const quant_kernels *active = &kernels_scalar;
 
+/* Overlays the kernels a (partial) table has on dst. */
 static void merge_kernels(quant_kernels *dst, const quant_kernels *simd) {
-    *dst = kernels_scalar;
     dst->name = simd->name;
+    if (simd->q16_quantize) dst->q16_quantize = simd->q16_quantize;
     for (int t = 0; t < MS_TYPE_COUNT; t++) {
         if (simd->dequant[t]) dst->dequant[t] = simd->dequant[t];
         if (simd->dot[t]) dst->dot[t] = simd->dot[t];
+        if (simd->dot_q16[t]) dst->dot_q16[t] = simd->dot_q16[t];
+        if (simd->matmul_q16[t]) dst->matmul_q16[t] = simd->matmul_q16[t];
     }
+}
+
+/* A full kernel set: the scalar reference overlaid with an ISA's f32 and q16 tables. */
+static void build_kernels(quant_kernels *dst, const quant_kernels *f32, const quant_kernels *q16) {
+    *dst = kernels_scalar;
+    merge_kernels(dst, &quant_q16_kernels_scalar);
+    if (f32) merge_kernels(dst, f32);
+    if (q16) merge_kernels(dst, q16);
 }
 
 void quant_init(void) {
     static int done;
     if (done) return;
-    isa_tables[ISA_SCALAR] = kernels_scalar;
+    build_kernels(&isa_tables[ISA_SCALAR], NULL, NULL);
     isa_available[ISA_SCALAR] = 1;
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
-        merge_kernels(&isa_tables[ISA_AVX2], &quant_kernels_avx2);
+        build_kernels(&isa_tables[ISA_AVX2], &quant_kernels_avx2, &quant_q16_kernels_avx2);
         isa_available[ISA_AVX2] = 1;
     }
-    /* VNNI too: the Makefile lets the compiler use it anywhere in quant_avx512.c. */
+    /* VNNI too: the Makefile lets the compiler use it anywhere in the *_avx512.c files, and the
+     * q16 kernels are built on it (vpdpwssd). */
     if (isa_available[ISA_AVX2] && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni")) {
-        merge_kernels(&isa_tables[ISA_AVX512], &quant_kernels_avx512);
+        build_kernels(&isa_tables[ISA_AVX512], &quant_kernels_avx512, &quant_q16_kernels_avx512);
         isa_available[ISA_AVX512] = 1;
     }
 #endif
@@ -524,4 +538,61 @@ void quant_matvec(int type, const void *w, size_t row_bytes, const float *x, flo
     quant_dot_fn dot = active->dot[type];
     const uint8_t *p = (const uint8_t *)w + (size_t)r0 * row_bytes;
     for (int64_t r = r0; r < r1; r++, p += row_bytes) y[r] = dot(p, x, n);
+}
+
+/* ---- q16 activations -------------------------------------------------------------------- */
+
+/* The kernel in use, or the scalar one before quant_init (kernels_scalar has no q16 entries). */
+static const quant_kernels *q16_kernels(void) {
+    return active->dot_q16[MS_TYPE_Q4_K] ? active : &quant_q16_kernels_scalar;
+}
+
+/* 1 if the type has q16 kernels and n is a whole number of its blocks. */
+static int q16_ok(int type, int64_t n) { return quant_has_q16(type) && row_ok(type, n); }
+
+void quant_q16_quantize(const float *x, int64_t n, void *xq) {
+    assert(n >= 0 && n % 32 == 0);
+    q16_kernels()->q16_quantize(x, n, xq);
+}
+
+float quant_dot_q16(int type, const void *row, const void *xq, int64_t n) {
+    assert(q16_ok(type, n));
+    if (!q16_ok(type, n)) return NAN;
+    return q16_kernels()->dot_q16[type](row, xq, n);
+}
+
+void quant_matvec_q16(int type, const void *w, size_t row_bytes, const void *xq, float *y,
+                      int64_t n, int64_t r0, int64_t r1) {
+    assert(q16_ok(type, n));
+    if (!q16_ok(type, n)) {
+        for (int64_t r = r0; r < r1; r++) y[r] = NAN;
+        return;
+    }
+    q16_kernels()->matmul_q16[type](w, row_bytes, n, r0, r1, &xq, 1, y, 1);
+}
+
+void quant_matmul_q16_rows(int type, const void *w, size_t row_bytes, int64_t n_in, int64_t r0,
+                           int64_t r1, const void *const *xq_rows, int n_tok, float *y,
+                           int64_t ldy) {
+    assert(q16_ok(type, n_in));
+    if (!q16_ok(type, n_in)) {
+        for (int t = 0; t < n_tok; t++)
+            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] = NAN;
+        return;
+    }
+    q16_kernels()->matmul_q16[type](w, row_bytes, n_in, r0, r1, xq_rows, n_tok, y, ldy);
+}
+
+void quant_matmul_q16(int type, const void *w, size_t row_bytes, int64_t n_in, int64_t r0,
+                      int64_t r1, const void *xq, int n_tok, float *y, int64_t ldy) {
+    /* Token rows as pointers, a batch at a time: the kernels take gathered rows, and reuse each
+     * block of weight rows for all tokens of a call, so batches are large. */
+    enum { BATCH = 512 };
+    const void *rows[BATCH];
+    size_t stride = quant_q16_bytes(n_in);
+    for (int t0 = 0; t0 < n_tok; t0 += BATCH) {
+        int nt = n_tok - t0 < BATCH ? n_tok - t0 : BATCH;
+        for (int t = 0; t < nt; t++) rows[t] = (const uint8_t *)xq + (size_t)(t0 + t) * stride;
+        quant_matmul_q16_rows(type, w, row_bytes, n_in, r0, r1, rows, nt, y + t0 * ldy, ldy);
+    }
 }

@@ -1,13 +1,15 @@
-/* quant_simd.h - private seam between quant.c (type table, scalar reference, dispatch) and the
- * per-ISA kernel files quant_avx2.c and quant_avx512.c.
+/* quant_simd.h - private seam between quant.c (type table, scalar reference, dispatch), the q16
+ * activation format (quant_q16.c) and the per-ISA kernel files: quant_avx2.c, quant_avx512.c
+ * (f32 activations) and quant_q16_avx2.c, quant_q16_avx512.c (q16 activations).
  *
- * Not a public header: only quant*.c include it. Each ISA file exports one constant table of
- * row kernels indexed by GGML type number; a NULL slot means "no kernel for this type here" and
- * quant.c falls back to the scalar reference for it.
+ * Not a public header: only quant*.c include it. Each kernel file exports one constant table of
+ * kernels indexed by GGML type number, with only its own fields set; quant.c overlays an ISA's
+ * two tables on the scalar reference, so a NULL slot means "the scalar kernel for this type".
  *
  * Every kernel has the contract of the matching quant.h entry point: n is a multiple of the
- * type's block size (any n for F32/F16/BF16), rows need no alignment. Dequant kernels must
- * produce exactly the scalar reference's floats; dot kernels may reassociate freely.
+ * type's block size (any n for F32/F16/BF16), weight rows need no alignment, q16 rows 4 bytes.
+ * Dequant kernels and the q16 quantizer must produce exactly the scalar reference's bits; dot
+ * and matmul kernels may reassociate floats freely (their integer sums are exact).
  *
  * Why exactness is cheap: every weight is an f16 or E8M0 scale (at most 11 significant bits)
  * times one or two small integers (sub-block scale and code: at most 12 significant bits
@@ -26,17 +28,53 @@
 
 typedef void (*quant_dequant_fn)(const void *src, float *dst, int64_t n);
 typedef float (*quant_dot_fn)(const void *row, const float *x, int64_t n);
+/* q16 activations (quant.h): quantize a row; dot a weight row with a q16 row; and the matrix
+ * product y[t * ldy + r] = dot(row r, x[t]) for r in [r0, r1), t < n_tok, where W's rows are
+ * row_bytes apart and x[t] points at token t's q16 row (any order, repeats allowed). */
+typedef void (*quant_q16_quantize_fn)(const float *x, int64_t n, void *xq);
+typedef float (*quant_dot_q16_fn)(const void *row, const void *xq, int64_t n);
+typedef void (*quant_matmul_q16_fn)(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0,
+                                    int64_t r1, const void *const *x, int n_tok, float *y,
+                                    int64_t ldy);
 
 typedef struct quant_kernels {
     const char *name;                          /* "avx2", "avx512", "scalar" */
     quant_dequant_fn dequant[MS_TYPE_COUNT];   /* indexed by ms_type */
     quant_dot_fn dot[MS_TYPE_COUNT];
+    quant_q16_quantize_fn q16_quantize;        /* NULL: the scalar one */
+    quant_dot_q16_fn dot_q16[MS_TYPE_COUNT];
+    quant_matmul_q16_fn matmul_q16[MS_TYPE_COUNT];
 } quant_kernels;
 
+/* quant_q16.c: the q16 format's scalar reference (only the q16 fields are set). */
+extern const quant_kernels quant_q16_kernels_scalar;
 #if defined(__x86_64__)
 extern const quant_kernels quant_kernels_avx2;   /* quant_avx2.c: AVX2, FMA, F16C */
 extern const quant_kernels quant_kernels_avx512; /* quant_avx512.c: F+BW+VL+DQ+VNNI, AVX2 */
+/* quant_q16_avx2.c, quant_q16_avx512.c: q16 kernels (only the q16 fields are set). */
+extern const quant_kernels quant_q16_kernels_avx2;
+extern const quant_kernels quant_q16_kernels_avx512;
 #endif
+
+/* ---- q16 row layout (quant.h has the contract) ---------------------------------------------
+ * A q16 row of n values (n a multiple of 32) is G = ceil(n / 256) groups of 256 values (the last
+ * may be shorter, a multiple of 32), stored as three arrays and padding to 64 bytes:
+ *   int16_t q[n]       values, |q| <= 32767: x[i] ~ q[i] * d[i / 256]
+ *   float   d[G]       group scales (max |x| / 32767; NaN if the group held an Inf or NaN)
+ *   int32_t s[n / 16]  s[k] = sum of q[16k .. 16k + 15], exact
+ * The int32 sums serve the weight types with "min" offsets (Q4_K, Q5_K, Q2_K, Q4_1, Q5_1):
+ * sum w x = d_w * sum q_w x - m_w * sum x, and sum x over a sub-block is d[g] * s[k]. */
+enum { Q16_GROUP = 256, Q16_MAX = 32767 };
+/* Groups whose largest |x| is below this quantize to zeros (32767 / max must stay finite). */
+#define Q16_TINY 1e-30f
+static inline int64_t q16_groups(int64_t n) { return (n + Q16_GROUP - 1) / Q16_GROUP; }
+static inline const int16_t *q16_vals(const uint8_t *xq) { return (const int16_t *)xq; }
+static inline const float *q16_scales(const uint8_t *xq, int64_t n) {
+    return (const float *)(xq + 2 * n);
+}
+static inline const int32_t *q16_sums(const uint8_t *xq, int64_t n) {
+    return (const int32_t *)(xq + 2 * n + 4 * q16_groups(n));
+}
 
 /* Little-endian field readers shared by all kernel files (GGUF is little-endian). */
 static inline uint16_t quant_rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }

@@ -1,7 +1,9 @@
 /* test_quant.c - checks every GGML type's dequantization and dot product against the fixtures
  * made by gguf-py (shared/fixtures/quant), on every kernel set this CPU can run, plus the
  * exact half-precision conversions, the type table and random-block agreement of SIMD kernels
- * with the scalar reference (including types the fixtures lack).
+ * with the scalar reference (including types the fixtures lack); and the q16 activation path:
+ * quantization bounds, integer dot/matvec/matmul kernels against their scalar reference and
+ * against the f32 path (see the q16 section for the three oracles).
  *
  * Not a benchmark (bench/bench_quant.c times the kernels). Fixture shapes are read from each
  * <TYPE>.txt; nothing here knows a fixture's values.
@@ -52,6 +54,10 @@ static int64_t first_diff(const float *a, const float *b, int64_t n) {
         if (!same_float(a[i], b[i])) return i;
     return -1;
 }
+
+/* 64-byte aligned buffers for q16 rows (which need 4-byte alignment; SIMD prefers 64). */
+static void *q16_alloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+static void q16_free(void *p) { free(p); }
 
 static int type_by_name(const char *name) {
     for (int t = 0; t < MS_TYPE_COUNT; t++) {
@@ -340,6 +346,420 @@ static void test_random_blocks(void) {
     }
 }
 
+
+/* ---- q16: 16-bit activations and the integer dot products ---------------------------------
+ * Three oracles, from tight to loose:
+ *  1. the scalar q16 reference against the double-precision dot of the dequantized weights
+ *     (checked against gguf-py above) with the dequantized q16 values: only float rounding
+ *     separates them, so a wrong code, scale or min term in the integer decoders shows;
+ *  2. every SIMD dot, matvec and matmul against that reference, to the same tight tolerance;
+ *  3. the q16 dot against the f32-activation dot, within the bound the activation rounding
+ *     allows: sum |w_i| * d_i / 2, with d_i the q16 scale of x_i. */
+
+/* Activation-like values: mostly small, a few large outliers, some exact zeros. */
+static void fill_activations(float *x, int64_t n, int positive) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = (rng_uniform() + rng_uniform() + rng_uniform()) / 3;
+        uint64_t r = rng_next() % 64;
+        if (r == 0) v *= 40; /* outlier */
+        if (r == 1) v = 0;
+        x[i] = positive ? fabsf(v) : v;
+    }
+}
+
+/* Float rounding allowed between two q16 dots of the same integers (summation order, lanes
+ * converted to float separately): 1e-6 of sum |w x| for 256 values, growing like sqrt(n). */
+static double q16_tol(int64_t n, double abs_sum) {
+    double scale = n > 256 ? sqrt((double)n / 256) : 1;
+    return 1e-6 * scale * abs_sum + 1e-30;
+}
+
+static void test_q16_quantize(void) {
+    /* 9 groups of 256 and a partial one of 96; group 3 all zeros, group 4 tiny, group 6 holds an
+     * infinity, group 7 a NaN, group 8 spans +-1e4. */
+    int64_t n = 9 * 256 + 96;
+    size_t bytes = quant_q16_bytes(n);
+    float *x = malloc((size_t)n * sizeof(float)), *back = malloc((size_t)n * sizeof(float));
+    uint8_t *want = q16_alloc(bytes), *got = q16_alloc(bytes);
+    fill_activations(x, n, 0);
+    for (int i = 0; i < 256; i++) x[3 * 256 + i] = 0, x[4 * 256 + i] = 1e-31f * rng_uniform();
+    x[6 * 256 + 17] = INFINITY;
+    x[7 * 256 + 200] = NAN;
+    for (int i = 0; i < 256; i++) x[8 * 256 + i] *= 1e4f;
+    CHECK(bytes % 64 == 0 && bytes >= (size_t)(2 * n + 4 * 10 + n / 4), "q16 bytes %zu", bytes);
+    CHECK(quant_q16_bytes(33) == 0 && quant_q16_bytes(32) == 128, "q16 bytes of 33, 32");
+
+    memset(want, 0xAB, bytes);
+    quant_q16_quantize_ref(x, n, want);
+    quant_q16_dequant(want, back, n);
+    const int16_t *q = (const int16_t *)want;
+    const float *d = (const float *)(want + 2 * n);
+    const int32_t *s = (const int32_t *)(want + 2 * n + 4 * 10);
+    int bad_err = 0, bad_sum = 0, bad_max = 0;
+    double err_sum = 0, err_cnt = 0;
+    for (int64_t g = 0; g < 10; g++) {
+        int64_t len = g < 9 ? 256 : 96;
+        int peak = 0;
+        for (int64_t i = g * 256; i < g * 256 + len; i++) {
+            if (abs(q[i]) > peak) peak = abs(q[i]);
+            if (g == 6 || g == 7 || g == 3 || g == 4) continue;
+            /* rounding to the nearest step, up to the float rounding of the scale: 0.5 + 1e-3 */
+            double e = fabs((double)x[i] - back[i]);
+            if (e > 0.501 * d[g]) bad_err++;
+            err_sum += e / d[g], err_cnt++;
+        }
+        if (g == 3 || g == 4 || g == 6 || g == 7) {
+            CHECK(peak == 0, "q16 group %lld should be zeros, max |q| %d", (long long)g, peak);
+            CHECK(g >= 6 ? isnan(d[g]) : d[g] == 0, "q16 group %lld scale %g", (long long)g, d[g]);
+        } else if (peak != 32767) bad_max++;
+    }
+    for (int64_t k = 0; k < n / 16; k++) {
+        int32_t sum = 0;
+        for (int j = 0; j < 16; j++) sum += q[16 * k + j];
+        if (sum != s[k]) bad_sum++;
+    }
+    int pad_ok = 1;
+    for (size_t i = (size_t)(2 * n + 40 + n / 4); i < bytes; i++) pad_ok &= want[i] == 0;
+    CHECK(bad_err == 0, "%d q16 values off by more than half a step", bad_err);
+    /* uniform rounding error averages a quarter step; truncation would average a half */
+    CHECK(fabs(err_sum / err_cnt - 0.25) < 0.02, "q16 mean |error| %.4f steps, want ~0.25",
+          err_sum / err_cnt);
+    CHECK(bad_max == 0, "%d q16 groups do not reach +-32767", bad_max);
+    CHECK(bad_sum == 0, "%d q16 sums differ from the values' sums", bad_sum);
+    CHECK(pad_ok, "q16 padding not zeroed");
+
+    for (int k = 0; k < N_ISA; k++) {
+        if (quant_force_isa(isa_names[k]) != 0) continue;
+        for (int64_t len = 32; len <= n; len += len < 600 ? 32 : 256) {
+            size_t b = quant_q16_bytes(len);
+            quant_q16_quantize_ref(x, len, want);
+            memset(got, 0xCD, b);
+            quant_q16_quantize(x, len, got);
+            size_t i = 0;
+            while (i < b && got[i] == want[i]) i++;
+            CHECK(i == b, "%s q16 quantize of %lld values differs from the reference at byte %zu",
+                  isa_names[k], (long long)len, i);
+        }
+    }
+    q16_free(want);
+    q16_free(got);
+    free(x);
+    free(back);
+}
+
+/* One weight row (n values) against one activation row, on the kernel set in use: checks
+ * oracles 1-3 and returns the error against the f32 path as a fraction of its bound. */
+static double check_q16_dot(int type, const uint8_t *row, const float *x, int64_t n,
+                            const char *who) {
+    const ms_type_info *ti = quant_info(type);
+    size_t bytes = quant_q16_bytes(n);
+    uint8_t *xq = q16_alloc(bytes);
+    float *w = malloc((size_t)n * sizeof(float)), *xh = malloc((size_t)n * sizeof(float));
+    quant_q16_quantize(x, n, xq);
+    quant_q16_dequant(xq, xh, n);
+    quant_dequant_ref(type, row, w, n);
+    const float *dq = (const float *)(xq + 2 * n);
+
+    double abs_sum, exact = dot_exact(w, xh, n, &abs_sum), round_bound = 0, f32_abs;
+    for (int64_t i = 0; i < n; i++) round_bound += fabs(w[i]) * dq[i / 256] * 0.501;
+    double f32_exact = dot_exact(w, x, n, &f32_abs);
+    float ref = quant_dot_q16_ref(type, row, xq, n), got = quant_dot_q16(type, row, xq, n);
+    double tol = q16_tol(n, abs_sum);
+    CHECK(fabs(ref - exact) <= tol, "%s reference q16 dot of %lld: %.9g, want %.9g (tol %.3g)",
+          ti->name, (long long)n, ref, exact, tol);
+    CHECK(fabs(got - ref) <= tol, "%s %s q16 dot of %lld: %.9g, reference %.9g (tol %.3g)",
+          ti->name, who, (long long)n, got, ref, tol);
+    double f32_tol = round_bound + dot_tol(n, f32_abs);
+    double err = fabs(got - f32_exact);
+    CHECK(err <= f32_tol, "%s %s q16 dot of %lld: %.9g, f32 dot %.9g, beyond the rounding bound "
+          "%.3g", ti->name, who, (long long)n, got, f32_exact, f32_tol);
+    q16_free(xq);
+    free(w);
+    free(xh);
+    return err / f32_tol;
+}
+
+/* A control that the checks above can fail: flipping one bit of value 0's code must move every
+ * kernel's q16 dot by that weight's change times its activation, a change that is far larger
+ * than the tolerance the checks allow. */
+static void check_q16_sensitivity(int type, const uint8_t *row, const float *x, int64_t n) {
+    /* offset in the first block of the byte holding the low bits of value 0's code */
+    static const struct { int type, off; } code0[] = {
+        {MS_TYPE_Q4_0, 2},  {MS_TYPE_Q4_1, 4},  {MS_TYPE_Q5_0, 6},    {MS_TYPE_Q5_1, 8},
+        {MS_TYPE_Q8_0, 2},  {MS_TYPE_Q2_K, 16}, {MS_TYPE_Q3_K, 32},   {MS_TYPE_Q4_K, 16},
+        {MS_TYPE_Q5_K, 48}, {MS_TYPE_Q6_K, 0},  {MS_TYPE_IQ4_NL, 2},  {MS_TYPE_IQ4_XS, 8},
+        {MS_TYPE_MXFP4, 1},
+    };
+    int off = -1;
+    for (size_t i = 0; i < sizeof code0 / sizeof code0[0]; i++)
+        if (code0[i].type == type) off = code0[i].off;
+    CHECK(off >= 0, "%s: no code byte known for the sensitivity control", quant_name(type));
+    if (off < 0) return;
+    size_t bytes = quant_row_bytes(type, n);
+    uint8_t *flip = malloc(bytes), *xq = q16_alloc(quant_q16_bytes(n));
+    float *w0 = malloc((size_t)n * sizeof(float)), *w1 = malloc((size_t)n * sizeof(float));
+    float *xh = malloc((size_t)n * sizeof(float)), *xs = malloc((size_t)n * sizeof(float));
+    memcpy(flip, row, bytes);
+    flip[off] ^= 1;
+    memcpy(xs, x, (size_t)n * sizeof(float));
+    xs[0] = 8; /* a large activation where the weight changes */
+    quant_q16_quantize_ref(xs, n, xq);
+    quant_q16_dequant(xq, xh, n);
+    quant_dequant_ref(type, row, w0, n);
+    quant_dequant_ref(type, flip, w1, n);
+    double abs_sum, change = ((double)w1[0] - w0[0]) * xh[0];
+    dot_exact(w0, xh, n, &abs_sum);
+    double tol = q16_tol(n, abs_sum);
+    if (fabs(change) > 100 * tol) { /* else the flipped code happens to change little */
+        for (int k = 0; k < N_ISA; k++) {
+            if (quant_force_isa(isa_names[k]) != 0) continue;
+            double got = (double)quant_dot_q16(type, flip, xq, n) - quant_dot_q16(type, row, xq, n);
+            CHECK(fabs(got - change) <= 2 * tol, "%s %s: a flipped code moved the q16 dot by %.9g, "
+                  "want %.9g", quant_name(type), isa_names[k], got, change);
+        }
+    }
+    free(flip);
+    q16_free(xq);
+    free(w0), free(w1), free(xh), free(xs);
+}
+
+/* Random blocks (all bytes random but the scales), several lengths, plus the fixtures' rows. */
+static void test_q16_dots(void) {
+    printf("  q16 dot error against the f32 path as a fraction of the activation-rounding bound"
+           " (worst):\n");
+    for (int type = 0; type < MS_TYPE_COUNT; type++) {
+        if (!quant_has_q16(type)) continue;
+        const ms_type_info *ti = quant_info(type);
+        /* 37 blocks of 32 is 4 groups and a partial one; 9 blocks of 256 is 9 groups */
+        int64_t n = (int64_t)ti->block_size * (ti->block_size == 32 ? 37 : 9);
+        size_t bytes = quant_row_bytes(type, n);
+        uint8_t *raw = malloc(bytes);
+        float *x = malloc((size_t)n * sizeof(float));
+        for (size_t i = 0; i < bytes; i++) raw[i] = (uint8_t)rng_next();
+        for (size_t i = 0; i < bytes; i += (size_t)ti->block_bytes) sanitize_block(type, raw + i);
+        printf("    %-7s", ti->name);
+        for (int k = 0; k < N_ISA; k++) {
+            if (quant_force_isa(isa_names[k]) != 0) continue;
+            double worst = 0;
+            for (int pass = 0; pass < 4; pass++) {
+                fill_activations(x, n, pass == 1);
+                for (int64_t len = ti->block_size; len <= n; len += ti->block_size)
+                    worst = fmax(worst, check_q16_dot(type, raw, x, len, isa_names[k]));
+            }
+            printf("  %s %.3f", isa_names[k], worst);
+        }
+        printf("\n");
+        int controls = t_checks;
+        for (int rep = 0; rep < 8; rep++) { /* the row from block rep on: 8 first blocks */
+            fill_activations(x, n, 0);
+            check_q16_sensitivity(type, raw + (size_t)rep * ti->block_bytes, x,
+                                  n - (int64_t)rep * ti->block_size);
+        }
+        CHECK(t_checks > controls, "%s: the sensitivity control never ran", ti->name);
+        free(raw);
+        free(x);
+    }
+
+    /* gguf-py's rows: real scales, as one long row and row by row */
+    for (int type = 0; type < MS_TYPE_COUNT; type++) {
+        if (!quant_has_q16(type)) continue;
+        char rel[64];
+        snprintf(rel, sizeof rel, "quant/%s.txt", quant_name(type));
+        if (!t_exists(t_path(rel))) continue;
+        fixture f;
+        if (fixture_load(&f, quant_name(type))) {
+            int64_t total = (int64_t)f.rows * f.cols;
+            float *x = malloc((size_t)total * sizeof(float));
+            fill_activations(x, total, 0);
+            for (int k = 0; k < N_ISA; k++) {
+                if (quant_force_isa(isa_names[k]) != 0) continue;
+                check_q16_dot(type, f.raw, x, total, isa_names[k]);
+                for (int r = 0; r < f.rows; r++)
+                    check_q16_dot(type, f.raw + (size_t)r * f.row_bytes, x + (int64_t)r * f.cols,
+                                  f.cols, isa_names[k]);
+            }
+            free(x);
+        }
+        fixture_free(&f);
+    }
+}
+
+/* The largest integer products each layout allows, with activations at +-32767: the int32
+ * lanes of the SIMD kernels are exact only if they never hold more than their share. */
+static void test_q16_extremes(void) {
+    static const struct { int type; float want; } cases[] = {
+        {MS_TYPE_Q6_K, 256.0f * 4096},     /* q - 32 = -32, scale -128 */
+        {MS_TYPE_IQ4_XS, 256.0f * 4064},   /* code -127, scale -32 */
+        {MS_TYPE_Q5_K, 256.0f * 31 * 63},  /* code 31, scale 63, no min */
+        {MS_TYPE_Q4_K, 256.0f * 15 * 63},
+        {MS_TYPE_Q3_K, 256.0f * 128},      /* code -4, scale -32 */
+        {MS_TYPE_Q2_K, 256.0f * 45},       /* code 3, scale 15 */
+        {MS_TYPE_Q8_0, 256.0f * -128},     /* code -128 */
+    };
+    enum { NB = 4 };
+    uint8_t blk[NB * 8 * 34]; /* the largest: Q8_0's 8 blocks per 256 values */
+    float x[NB * 256];
+    _Alignas(64) uint8_t xq[4 * NB * 256];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int type = cases[c].type;
+        const ms_type_info *ti = quant_info(type);
+        int bb = ti->block_bytes, per = 256 / ti->block_size; /* blocks per 256 values */
+        memset(blk, 0, sizeof blk);
+        for (int i = 0; i < NB * per; i++) {
+            uint8_t *b = blk + i * bb;
+            switch (type) {
+            case MS_TYPE_Q6_K: memset(b + 192, 0x80, 16), b[209] = 0x3C; break; /* d = 1 */
+            case MS_TYPE_IQ4_XS: b[1] = 0x3C; break;
+            case MS_TYPE_Q4_K:
+            case MS_TYPE_Q5_K:
+                /* d = 1, dmin = 0; six-bit scales 63 and mins 0; codes all ones */
+                b[1] = 0x3C;
+                memset(b + 4, 0xFF, 4), memset(b + 12, 0x0F, 4);
+                memset(b + 16, 0xFF, (size_t)bb - 16);
+                break;
+            case MS_TYPE_Q3_K: b[109] = 0x3C; break;
+            case MS_TYPE_Q2_K: memset(b, 0x0F, 16), memset(b + 16, 0xFF, 64), b[81] = 0x3C; break;
+            case MS_TYPE_Q8_0: b[1] = 0x3C, memset(b + 2, 0x80, 32); break;
+            }
+        }
+        for (int i = 0; i < NB * 256; i++) x[i] = 1.0f;
+        for (int k = 0; k < N_ISA; k++) {
+            if (quant_force_isa(isa_names[k]) != 0) continue;
+            for (int sign = 1; sign >= -1; sign -= 2) {
+                for (int i = 0; i < NB * 256; i++) x[i] = (float)sign;
+                quant_q16_quantize(x, NB * 256, xq);
+                float want = sign * NB * cases[c].want, y[2] = {0, 0};
+                float got = quant_dot_q16(type, blk, xq, NB * 256);
+                quant_matmul_q16(type, blk, (size_t)(NB * per * bb), NB * 256, 0, 1, xq, 1, y, 1);
+                CHECK(fabsf(got - want) <= 1e-6f * fabsf(want) && fabsf(y[0] - want) <= 1e-6f * fabsf(want),
+                      "%s %s q16 extreme block: dot %.9g, matmul %.9g, want %.9g", ti->name,
+                      isa_names[k], got, y[0], want);
+            }
+        }
+    }
+}
+
+/* MXFP4 blocks whose E8M0 scale is 0 or 1 have subnormal scales (2^-128, 2^-127); beside normal
+ * blocks they vanish under any relative tolerance, so a row of only those checks them. */
+static void test_q16_mxfp4_subnormal(void) {
+    enum { NB = 19 }; /* two full q16 groups and a partial one */
+    uint8_t row[NB * 17];
+    float x[NB * 32], y[2];
+    _Alignas(64) uint8_t xq[4096];
+    for (int i = 0; i < NB * 17; i++) row[i] = (uint8_t)rng_next();
+    for (int b = 0; b < NB; b++) row[17 * b] = (uint8_t)(b % 2);
+    fill_activations(x, NB * 32, 0);
+    quant_q16_quantize_ref(x, NB * 32, xq);
+    float *w = malloc(NB * 32 * sizeof(float)), *xh = malloc(NB * 32 * sizeof(float));
+    quant_dequant_ref(MS_TYPE_MXFP4, row, w, NB * 32);
+    quant_q16_dequant(xq, xh, NB * 32);
+    double abs_sum, want = dot_exact(w, xh, NB * 32, &abs_sum);
+    for (int k = 0; k < N_ISA; k++) {
+        if (quant_force_isa(isa_names[k]) != 0) continue;
+        float got = quant_dot_q16(MS_TYPE_MXFP4, row, xq, NB * 32);
+        const void *rows[2] = {xq, xq};
+        quant_matmul_q16_rows(MS_TYPE_MXFP4, row, sizeof row, NB * 32, 0, 1, rows, 2, y, 1);
+        double tol = 1e-5 * abs_sum; /* relative only: q16_tol's floor would swamp 2^-128 */
+        CHECK(abs_sum > 0 && fabs(got - want) <= tol && fabs(y[0] - want) <= tol &&
+                  fabs(y[1] - want) <= tol,
+              "MXFP4 %s subnormal scales: dot %.9g, matmul %.9g %.9g, want %.9g", isa_names[k],
+              got, y[0], y[1], want);
+    }
+    free(w);
+    free(xh);
+}
+
+/* matvec and matmul against the reference dots: rows [r0, r1) of a matrix, tokens in any order
+ * (and repeated), y rows ldy apart; nothing outside the written range may change. The matrix
+ * is large enough that the kernels' blocking shows: several K-slices per row and several row
+ * blocks (quant_q16_avx512.c: MM_L1_BYTES, MM_L2_BYTES), with a partial q16 group for the
+ * 32-value types. */
+static void test_q16_matmul(void) {
+    enum { MAX_TOK = 19, PAD = 3 };
+    static const int tok_counts[] = {1, 2, 3, 8, 9, 19};
+    for (int type = 0; type < MS_TYPE_COUNT; type++) {
+        if (!quant_has_q16(type)) continue;
+        const ms_type_info *ti = quant_info(type);
+        int64_t n = ti->block_size == 32 ? 32 * (8 * 9 + 3) : 256 * 9;
+        size_t row_bytes = quant_row_bytes(type, n), xb = quant_q16_bytes(n);
+        int rows = (int)(3 * 65536 / row_bytes) + 5, ldy = rows + PAD;
+        uint8_t *w = malloc(row_bytes * rows);
+        uint8_t *xq = q16_alloc(xb * MAX_TOK);
+        float *x = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)n * sizeof(float));
+        float *xf = malloc((size_t)n * MAX_TOK * sizeof(float));
+        float *y = malloc(sizeof(float) * ldy * MAX_TOK);
+        float *ref = malloc(sizeof(float) * rows * MAX_TOK), *tol = malloc(sizeof(float) * rows * MAX_TOK);
+        for (size_t i = 0; i < row_bytes * rows; i++) w[i] = (uint8_t)rng_next();
+        for (size_t i = 0; i < row_bytes * rows; i += (size_t)ti->block_bytes) sanitize_block(type, w + i);
+        for (int t = 0; t < MAX_TOK; t++) {
+            fill_activations(x, n, t % 3 == 1);
+            quant_q16_quantize_ref(x, n, xq + xb * t);
+            quant_q16_dequant(xq + xb * t, xf + n * t, n);
+        }
+        for (int r = 0; r < rows; r++) {
+            quant_dequant_ref(type, w + row_bytes * r, wf, n);
+            for (int t = 0; t < MAX_TOK; t++) {
+                double abs_sum;
+                dot_exact(wf, xf + n * t, n, &abs_sum);
+                ref[r * MAX_TOK + t] = quant_dot_q16_ref(type, w + row_bytes * r, xq + xb * t, n);
+                tol[r * MAX_TOK + t] = (float)q16_tol(n, abs_sum);
+            }
+        }
+        for (int k = 0; k < N_ISA; k++) {
+            if (quant_force_isa(isa_names[k]) != 0) continue;
+            int bad = 0, bad_out = 0;
+            for (size_t c = 0; c < sizeof tok_counts / sizeof tok_counts[0]; c++) {
+                int nt = tok_counts[c], r0 = (int)(c % 3), r1 = rows - (int)(c % 2);
+                const void *xrows[MAX_TOK];
+                int which[MAX_TOK];
+                for (int t = 0; t < nt; t++) {
+                    which[t] = c % 2 ? (t * 7 + (int)c) % MAX_TOK : t;
+                    if (c % 2 && t == 2) which[t] = which[0]; /* a repeated token */
+                    xrows[t] = xq + xb * which[t];
+                }
+                for (int i = 0; i < ldy * MAX_TOK; i++) y[i] = -1234.5f;
+                if (c % 2) quant_matmul_q16_rows(type, w, row_bytes, n, r0, r1, xrows, nt, y, ldy);
+                else quant_matmul_q16(type, w, row_bytes, n, r0, r1, xq, nt, y, ldy);
+                for (int t = 0; t < MAX_TOK; t++)
+                    for (int r = 0; r < ldy; r++) {
+                        float v = y[t * ldy + r];
+                        if (t >= nt || r < r0 || r >= r1) {
+                            bad_out += v != -1234.5f;
+                            continue;
+                        }
+                        float want = ref[r * MAX_TOK + which[t]];
+                        if (!(fabsf(v - want) <= tol[r * MAX_TOK + which[t]]) && bad++ < 3)
+                            fprintf(stderr, "  %s %s matmul n_tok %d: y[%d][%d] = %.9g, reference "
+                                    "%.9g\n", ti->name, isa_names[k], nt, t, r, v, want);
+                    }
+            }
+            CHECK(bad == 0, "%s %s q16 matmul: %d values beyond tolerance", ti->name, isa_names[k], bad);
+            CHECK(bad_out == 0, "%s %s q16 matmul wrote %d values outside its rows/tokens", ti->name,
+                  isa_names[k], bad_out);
+            /* matvec: one token, rows [2, rows - 1) */
+            for (int i = 0; i < rows; i++) y[i] = -1234.5f;
+            quant_matvec_q16(type, w, row_bytes, xq, y, n, 2, rows - 1);
+            CHECK(y[1] == -1234.5f && y[rows - 1] == -1234.5f, "%s %s matvec wrote outside [r0, r1)",
+                  ti->name, isa_names[k]);
+            int bad_mv = 0;
+            for (int r = 2; r < rows - 1; r++)
+                bad_mv += !(fabsf(y[r] - ref[r * MAX_TOK]) <= tol[r * MAX_TOK]);
+            CHECK(bad_mv == 0, "%s %s q16 matvec: %d rows beyond tolerance", ti->name, isa_names[k], bad_mv);
+        }
+        free(w);
+        q16_free(xq);
+        free(x);
+        free(wf);
+        free(xf);
+        free(y);
+        free(ref);
+        free(tol);
+    }
+    CHECK(!quant_has_q16(MS_TYPE_F32) && !quant_has_q16(MS_TYPE_F16) && !quant_has_q16(MS_TYPE_BF16)
+          && !quant_has_q16(MS_TYPE_Q8_K) && !quant_has_q16(-1) && quant_has_q16(MS_TYPE_Q4_K),
+          "quant_has_q16 covers the quantized block types only");
+}
+
 /* ---- hand-made blocks for types without fixtures ----------------------------------------- */
 
 /* Builds one block per type from the layout in ggml-common.h and checks named values, so a
@@ -525,5 +945,10 @@ int main(int argc, char **argv) {
     test_known_blocks();
     test_fixtures();
     test_random_blocks();
+    test_q16_quantize();
+    test_q16_dots();
+    test_q16_extremes();
+    test_q16_mxfp4_subnormal();
+    test_q16_matmul();
     return t_done("test_quant");
 }
