@@ -18,14 +18,14 @@ $(error ✗ nvcc not found: install the CUDA toolkit, or run make CUDA=1 NVCC=/p
 endif
 CUDA_HOME ?= $(abspath $(dir $(NVCC))/..)
 $(info ✓ nvcc found: $(NVCC) ($(shell $(NVCC) --version | grep -o 'release [0-9.]*')))
-BUILD   := $(BUILD)/cuda
+override BUILD := $(BUILD)/cuda
 # Hopper machine code plus PTX, which the driver compiles for other GPUs at load time.
 CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O2 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra$(if $(WERROR),$(comma)-Werror)
 comma := ,
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 endif
-OPT     ?= -O2
+OPT     ?= -O3
 WERROR  ?=
 CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra $(WERROR) -D_GNU_SOURCE -Iinclude -Isrc -pthread $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)

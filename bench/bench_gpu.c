@@ -1,7 +1,9 @@
 /* bench_gpu.c - prefill and decode throughput of a model on a backend (CUDA or CPU), the
  * llama-bench way: random token ids, warm-up first, repetitions, mean ± sd, settings and
  * device printed beside every number. For the GPU backend also the VRAM expert cache's hit
- * rate and the host-to-VRAM bytes per decoded token.
+ * rate and the host-to-VRAM bytes per decoded token, and with the router lookahead (the GPU
+ * backend's default while streaming; --lookahead asks for it, MS_CUDA_LOOKAHEAD=0|1 overrides)
+ * the experts it prefetched and the share of lookups they served.
  *
  * Not a test (tests/test_cuda.c checks results). Decode feeds a new random id each step, as
  * llama-bench's tg does, so routing is not artificially repetitive.
@@ -9,6 +11,7 @@
  * Build and run from the project root:
  *   make CUDA=1 build/cuda/bench_gpu
  *   ./build/cuda/bench_gpu -m model.gguf --gpu --gpu-mem 8G -p 512 -n 128 -r 3
+ *   ./build/cuda/bench_gpu -m model.gguf --gpu-mem 24G -n 128 -r 3 -w 32 --lookahead
  *   ./build/cuda/bench_gpu -m model.gguf -n 32            # the CPU backend
  * Output: one line per test (pp N, tg N) with tok/s mean ± sd over -r repetitions, then a
  * JSON line per test (--json) for scripts.
@@ -19,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cuda.h"
 #include "moestream.h"
 
 #define MS_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -68,7 +72,7 @@ static void die(const char *what, const ms_error *err) {
 
 int main(int argc, char **argv) {
     const char *model = NULL;
-    int gpu = 0, n_prompt = 0, n_gen = 128, reps = 3, warmup = 16, n_ctx = 0, threads = 0, json = 0, device = 0;
+    int gpu = 0, n_prompt = 0, n_gen = 128, reps = 3, warmup = 16, n_ctx = 0, threads = 0, json = 0, device = 0, lookahead = 0;
     uint64_t gpu_mem = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -85,8 +89,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-c") && v) n_ctx = atoi(v), i++;
         else if (!strcmp(a, "-t") && v) threads = atoi(v), i++;
         else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--lookahead")) lookahead = 1;
         else {
-            fprintf(stderr, "usage: bench_gpu -m MODEL [--gpu] [--gpu-mem SIZE] [--gpu-device N] [-p N] [-n N] [-r N] [-w N] [-c N] [-t N] [--json]\n");
+            fprintf(stderr, "usage: bench_gpu -m MODEL [--gpu] [--gpu-mem SIZE] [--gpu-device N] [-p N] [-n N] [-r N] [-w N] [-c N] [-t N] "
+                            "[--lookahead] [--json]\n");
             return 1;
         }
     }
@@ -108,6 +114,7 @@ int main(int argc, char **argv) {
     cp.gpu = gpu;
     cp.gpu_mem = gpu_mem;
     cp.gpu_device = device;
+    cp.lookahead = lookahead;
     ms_context *c;
     if (ms_context_new(m, &cp, &c, &err)) die("context", &err);
     double t_load = now() - t0;
@@ -118,6 +125,9 @@ int main(int argc, char **argv) {
     printf("backend  %s", ms_context_backend(c));
     if (gpu) printf(", gpu-mem %s", gpu_mem ? "" : "all free");
     if (gpu && gpu_mem) printf("%.1f GiB", gpu_mem / 1073741824.0);
+    const char *la_env = getenv("MS_CUDA_LOOKAHEAD");
+    if (la_env && *la_env) printf(", MS_CUDA_LOOKAHEAD=%s", la_env);
+    else printf(", %s", lookahead ? "--lookahead" : "lookahead as the backend's default");
     printf(", ctx %d, batch %d, load+context %.2f s\n", cp.n_ctx, cp.n_batch, t_load);
 
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n_prompt + n_gen + warmup + 1));
@@ -128,7 +138,8 @@ int main(int argc, char **argv) {
     }
     ms_context_reset(c);
     double *pp = malloc(sizeof(double) * reps), *tg = malloc(sizeof(double) * reps);
-    double hit_sum = 0, bytes_tok = 0, h2d_gbs = 0;
+    double hit_sum = 0, bytes_tok = 0, h2d_gbs = 0, pf_hit_sum = 0, pf_tok = 0, pf_acc_sum = 0;
+    int pf_reps = 0;
     for (int r = 0; r < reps; r++) {
         ms_context_reset(c);
         if (n_prompt > 0) {
@@ -152,8 +163,19 @@ int main(int argc, char **argv) {
             double dt = now() - t1;
             tg[r] = n_gen / dt;
             ms_context_stats(c, &s1);
+            uint64_t pf0 = s0.gpu_prefetches, used0 = s0.gpu_prefetch_used, pf1 = s1.gpu_prefetches,
+                     used1 = s1.gpu_prefetch_used;
             uint64_t req = s1.gpu_requests - s0.gpu_requests, hit = s1.gpu_hits - s0.gpu_hits;
             hit_sum += req ? (double)hit / req : 0;
+            /* lookups a prefetch served (not in the hits, as the CPU's prefetch_used) */
+            pf_hit_sum += req ? (double)(used1 - used0) / req : 0;
+            pf_tok += (double)(pf1 - pf0) / n_gen;
+            if (pf1 > pf0) pf_acc_sum += (double)(used1 - used0) / (pf1 - pf0), pf_reps++;
+            if (r == reps - 1 && s1.t_attn + s1.t_route + s1.t_expert_compute > s0.t_attn + s0.t_route + s0.t_expert_compute)
+                printf("phases   per token: attention %.3f ms, router+lookup %.3f ms, experts %.3f ms, other %.3f ms "
+                       "(MS_CUDA_TIMING=1)\n",
+                       (s1.t_attn - s0.t_attn) * 1e3 / n_gen, (s1.t_route - s0.t_route) * 1e3 / n_gen,
+                       (s1.t_expert_compute - s0.t_expert_compute) * 1e3 / n_gen, (s1.t_other - s0.t_other) * 1e3 / n_gen);
             bytes_tok += (double)(s1.gpu_bytes_in - s0.gpu_bytes_in) / n_gen;
             h2d_gbs += (s1.gpu_bytes_in - s0.gpu_bytes_in) / dt / 1e9;
         }
@@ -172,11 +194,16 @@ int main(int argc, char **argv) {
         if (gpu)
             printf("   VRAM cache hits %.1f%%, %.1f MiB copied in per token (%.1f GB/s)", 100 * hit_sum / reps, bytes_tok / reps / 1048576.0,
                    h2d_gbs / reps);
+        if (pf_reps)
+            printf("\n         lookahead: %.1f experts prefetched per token, %.1f%% of them routed to; prefetch hits %.1f%% of "
+                   "lookups (%.1f%% in VRAM or prefetched)",
+                   pf_tok / reps, 100 * pf_acc_sum / pf_reps, 100 * pf_hit_sum / reps, 100 * (hit_sum + pf_hit_sum) / reps);
         printf("\n");
         if (json)
             printf("{\"model\":\"%s\",\"backend\":\"%s\",\"gpu_mem\":%llu,\"test\":\"tg%d\",\"tok_s\":%.3f,\"sd\":%.3f,\"reps\":%d,"
-                   "\"cache_hit\":%.4f,\"bytes_in_per_token\":%.0f}\n",
-                   model, ms_context_backend(c), (unsigned long long)gpu_mem, n_gen, mu, sd, reps, hit_sum / reps, bytes_tok / reps);
+                   "\"cache_hit\":%.4f,\"bytes_in_per_token\":%.0f,\"prefetch_hit\":%.4f,\"prefetch_per_token\":%.2f}\n",
+                   model, ms_context_backend(c), (unsigned long long)gpu_mem, n_gen, mu, sd, reps, hit_sum / reps, bytes_tok / reps,
+                   pf_hit_sum / reps, pf_tok / reps);
     }
     free(pp);
     free(tg);

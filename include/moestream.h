@@ -160,8 +160,12 @@ typedef struct ms_stats {
     uint64_t cache_slots, cache_bytes, bytes_dense, bytes_context;
     const char *io;                 /* residency mode in use */
     uint64_t gpu_requests, gpu_hits, gpu_bytes_in; /* GPU backend: VRAM expert cache lookups, hits, bytes copied in */
+    uint64_t gpu_prefetches, gpu_prefetch_used;    /* GPU lookahead: experts copied ahead, and those then routed to */
 } ms_stats;
 void ms_context_stats(const ms_context *c, ms_stats *out);
+/* Seconds spent in layer il so far: [0] attention and norms, [1] routing, [2] waiting for expert
+ * bytes, [3] expert compute. Returns 0, or -1 when the backend does not keep them. */
+int ms_context_layer_timing(const ms_context *c, int il, double out[4]);
 
 /* The decode roofline of DESIGN.md over the tokens between two stats snapshots a and b:
  * seconds per token >= missed expert bytes / disk_bw + resident bytes touched / mem_bw, where

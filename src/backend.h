@@ -18,6 +18,7 @@ typedef struct ms_timing {
     uint64_t tokens;
     /* a backend's own expert cache (CUDA: VRAM): experts looked up, found, bytes copied in */
     uint64_t cache_requests, cache_hits, cache_bytes_in;
+    uint64_t cache_prefetches, cache_prefetch_used; /* lookahead copies, and those then routed to */
 } ms_timing;
 
 typedef struct ms_backend_params {
@@ -49,6 +50,8 @@ typedef struct ms_backend {
     /* host memory the context allocated (KV cache, state, scratch), for the memory budget;
      * may be NULL (counted as 0) */
     uint64_t (*host_bytes)(const void *ctx);
+    /* seconds in layer il so far: attention, routing, expert wait, expert compute; may be NULL */
+    const double *(*layer_timing)(const void *ctx, int il);
 } ms_backend;
 
 extern const ms_backend ms_backend_cpu;

@@ -11,11 +11,15 @@
  * rounded, so the GPU agrees with the scalar CPU path up to summation order.
  *
  * Kernels: one dequantizer per GGML type that decodes 8 consecutive values of a row (dq8), used
- * by a warp-per-row matrix-vector kernel for up to 8 tokens (k_mv) and a 64x64-tiled matrix
- * product for more (k_mm). Both take "groups" (one per expert: its weights and a run of token
- * slots), so all the experts of a layer go in one launch. Attention uses an online softmax over
- * the KV cache; the Gated DeltaNet recurrence keeps each state row in a warp's registers across
- * the batch's tokens.
+ * by a matrix-vector kernel for up to 8 tokens (k_mv: a warp per row for many rows, four warps
+ * per row for few long ones; one token of a Q4_K row takes 16-byte loads, q4k_dot) and a
+ * 64x64-tiled matrix product for more (k_mm). Both take "groups" (one per expert: its weights
+ * and a run of token slots), so all the experts of a layer go in one launch. q|k|v (and a Gated
+ * DeltaNet layer's qkv|z) are stacked into one matrix at upload when they share a type. The
+ * router's top-k runs in the last block of the router product for one token. Attention uses an
+ * online softmax over the KV cache (one kernel per token when decoding: norms, RoPE, cache write
+ * and attention); the Gated DeltaNet recurrence keeps each state row in a warp's registers across
+ * the batch's tokens, after one kernel for its conv, L2 norms and gates.
  *
  * The expert cache: VRAM slots of one expert each (gate | up | down). A (layer, expert) maps to
  * at most one slot. On a miss the victim is the least frequently requested owner among a
@@ -29,7 +33,30 @@
  * an event), launches the hits at once, and launches each miss's kernels behind a wait on its
  * own event, so the copy of expert i+1 runs while expert i computes. Copies go straight from
  * the file mapping when it could be page-locked (cudaHostRegister), otherwise through pinned
- * staging buffers filled by a few threads.
+ * staging buffers filled by a few threads. Decoding replays CUDA graphs: a whole token when
+ * every expert is resident, each layer's first part (everything before the routing decision)
+ * otherwise; the position lives in device memory so one graph serves every position.
+ *
+ * Router lookahead (decode while streaming; on unless MS_CUDA_LOOKAHEAD=0): right after layer
+ * il's routing, the compute stream also runs layer il + 1's router on the current residual (its
+ * ffn_norm, as forward.c's lookahead) and copies that top-k to the host. Once layer il's experts
+ * are queued, prefetch_next gives the predicted experts that are not in VRAM slots (never one of
+ * layer il's) and queues their copies behind layer il's misses, so the copy engine works through
+ * layer il's compute and layer il + 1's attention instead of idling. Layer il + 1 launches the
+ * prefetched experts it routed to behind their copy events. On the 80B synthetic model the
+ * prediction is right for 93% of the prefetched experts; decode at 24G went from 67 to 90 tok/s.
+ *
+ * Environment knobs (tests and tuning, not for users): MS_CUDA_CACHE_SLOTS=N caps the cache,
+ * MS_CUDA_STAGING=1 forces staging buffers, MS_CUDA_REGISTER=0|1 (default: when the files fit in
+ * RAM), MS_CUDA_GRAPHS=0, MS_CUDA_STACK=0 (no stacked projections), MS_CUDA_TIMING=1 (per-phase
+ * GPU times from events), MS_CUDA_WIDE_ROWS / MS_CUDA_MV_ITEMS (k_mv's warps-per-row choice),
+ * MS_CUDA_LOOKAHEAD=0|1 (router lookahead; default on, see GPU_LOOKAHEAD_DEFAULT).
+ *
+ * TODO: decode attention is a warp per position stride and slows with depth (tg at 512 tokens of
+ * context is ~0.6x tg at 0). The lookahead prefetches only for single-token decode (a prefill
+ * batch routes to most experts anyway), and its prefetch and hit counts reach callers through
+ * ms_stats (gpu_prefetches, gpu_prefetch_used). After a failed batch the
+ * slots of an unfinished copy (a miss or a prefetch) stay mapped as if filled, as before.
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -314,6 +341,61 @@ template <> __device__ __forceinline__ void dq8<MS_TYPE_IQ4_XS>(const uint8_t *_
     for (int j = 0; j < 8; j++) v[j] = dl * (float)kv_iq4nl((byte_of(q, j) >> nsh) & 0xF);
 }
 
+__device__ __forceinline__ int byte_w(uint32_t w, int k) { return (int)((w >> (8 * k)) & 0xFF); }
+
+/* Scale and min j of a Q4_K/Q5_K header's 12 scale bytes held in words s0 (bytes 0-3), s1 (4-7),
+ * s2 (8-11); as quant_scale_min_k4. */
+__device__ __forceinline__ void scale_min_w(uint32_t s0, uint32_t s1, uint32_t s2, int j, int *sc, int *m) {
+    const uint32_t bytes[3] = {s0, s1, s2};
+    if (j < 4) {
+        *sc = byte_w(bytes[0], j) & 63;
+        *m = byte_w(bytes[1], j) & 63;
+    } else {
+        *sc = (byte_w(bytes[2], j - 4) & 0xF) | ((byte_w(bytes[0], j - 4) >> 6) << 4);
+        *m = (byte_w(bytes[2], j - 4) >> 4) | ((byte_w(bytes[1], j - 4) >> 6) << 4);
+    }
+}
+
+/* One thread's share of row . x for a Q4_K row of n_in % 256 == 0 values, 16 quant bytes at a
+ * time: the low nibbles are 16 values of sub-block 2k, the high ones 16 of sub-block 2k + 1, so
+ * each piece needs one 16-byte quant load, the block header (16 bytes, shared by 8 lanes) and 32
+ * activations. Per sub-block it sums q.x and x and applies the scale and min once, which is the
+ * dequantized product up to float rounding. */
+__device__ __forceinline__ float q4k_dot(const uint8_t *__restrict__ row, const float *__restrict__ x, int n_in, int lane, int step) {
+    const int nu = n_in >> 5;
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int u = lane; u < nu; u += step) {
+        const int b = u >> 3, p = u & 7, k = p >> 1;
+        const uint8_t *blk = row + 144 * (size_t)b;
+        const uint4 h = *(const uint4 *)blk;
+        const uint4 q = *(const uint4 *)(blk + 16 + 16 * p);
+        int sc0, m0, sc1, m1;
+        scale_min_w(h.y, h.z, h.w, 2 * k, &sc0, &m0);
+        scale_min_w(h.y, h.z, h.w, 2 * k + 1, &sc1, &m1);
+        const float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xFFFF)));
+        const float dmin = __half2float(__ushort_as_half((unsigned short)(h.x >> 16)));
+        const float *x0 = x + 256 * (size_t)b + 64 * k + (p & 1) * 16, *x1 = x0 + 32;
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+        float sq0 = 0.0f, sx0 = 0.0f, sq1 = 0.0f, sx1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float4 a = *(const float4 *)(x0 + 4 * i), c = *(const float4 *)(x1 + 4 * i);
+            const float av[4] = {a.x, a.y, a.z, a.w}, cv[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int by = byte_w(w[i], j);
+                sq0 += (float)(by & 0xF) * av[j];
+                sx0 += av[j];
+                sq1 += (float)(by >> 4) * cv[j];
+                sx1 += cv[j];
+            }
+        }
+        acc += (d * (float)sc0) * sq0 - (dmin * (float)m0) * sx0 + (d * (float)sc1) * sq1 - (dmin * (float)m1) * sx1;
+    }
+    return acc;
+}
+
 /* Every type the backend runs, for the dispatchers below. */
 #define MS_CUDA_TYPES(X)                                                                                    \
     X(MS_TYPE_F32) X(MS_TYPE_F16) X(MS_TYPE_BF16) X(MS_TYPE_Q4_0) X(MS_TYPE_Q4_1) X(MS_TYPE_Q5_0)           \
@@ -343,6 +425,116 @@ typedef struct mv_group {
 
 enum { MV_STORE, MV_ADD, MV_SWIGLU, MV_GATED };
 
+/* What the router's top-k writes: expert ids and weights [T][K]; with base (every expert
+ * resident, one token) also the groups of the chosen experts for the expert kernels. */
+typedef struct topk_args {
+    int K, norm;
+    float scale;
+    int *sel;
+    float *selw;
+    const uint8_t *const *base;
+    size_t off_up, off_down;
+    mv_group *up, *down;
+} topk_args;
+
+#define TOPK_REG 16 /* up to 32 * TOPK_REG experts keep their probabilities in registers */
+
+/* Picks k of the probabilities (register array pv of lane's elements x = lane + 32 i, or the
+ * global array p when NE is larger); returns the chosen id/probability in (ci0, cw0) for k < 32
+ * and (ci1, cw1) for k >= 32 at lane k % 32. Ties go to the lower index, as forward.c. */
+__device__ __forceinline__ void topk_select(float *pv, float *p, int NE, int K, int lane, int *ci0, float *cw0, int *ci1,
+                                            float *cw1) {
+    for (int k = 0; k < K; k++) {
+        float bv = -2.0f;
+        int bi = 0x7fffffff;
+        if (pv) {
+#pragma unroll
+            for (int i = 0; i < TOPK_REG; i++) {
+                const int x = lane + 32 * i;
+                if (x < NE && pv[i] > bv) bv = pv[i], bi = x; /* ascending x: the first of equals stays */
+            }
+        } else {
+            for (int x = lane; x < NE; x += 32)
+                if (p[x] > bv) bv = p[x], bi = x;
+        }
+        for (int o = 16; o; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+        }
+        if (lane == (k & 31)) {
+            if (k < 32) *ci0 = bi, *cw0 = bv;
+            else *ci1 = bi, *cw1 = bv;
+        }
+        if (lane == (bi & 31)) { /* below every probability: taken */
+            if (pv) {
+#pragma unroll
+                for (int i = 0; i < TOPK_REG; i++)
+                    if (i == (bi >> 5)) pv[i] = -1.0f;
+            } else {
+                p[bi] = -1.0f;
+            }
+        }
+    }
+}
+
+/* Softmax over the NE router logits p, top-k, optional renormalization and scale, for token t;
+ * one warp. Each lane touches only its own elements x = lane + 32 i (p becomes probabilities
+ * when NE is too large for registers). */
+__device__ void topk_warp(float *p, int NE, const topk_args &ta, int t) {
+    const int lane = threadIdx.x & 31, K = ta.K;
+    int ci0 = 0, ci1 = 0;
+    float cw0 = 0.0f, cw1 = 0.0f;
+    if (NE <= 32 * TOPK_REG) {
+        float pv[TOPK_REG], mx = -INFINITY, sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < TOPK_REG; i++) {
+            const int x = lane + 32 * i;
+            pv[i] = x < NE ? __ldcg(p + x) : -INFINITY;
+            mx = fmaxf(mx, pv[i]);
+        }
+        mx = warp_max(mx);
+#pragma unroll
+        for (int i = 0; i < TOPK_REG; i++) {
+            pv[i] = lane + 32 * i < NE ? expf(pv[i] - mx) : 0.0f;
+            sum += pv[i];
+        }
+        sum = warp_sum(sum);
+#pragma unroll
+        for (int i = 0; i < TOPK_REG; i++) pv[i] = pv[i] / sum;
+        topk_select(pv, NULL, NE, K, lane, &ci0, &cw0, &ci1, &cw1);
+    } else {
+        float mx = -INFINITY;
+        for (int x = lane; x < NE; x += 32) mx = fmaxf(mx, __ldcg(p + x));
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int x = lane; x < NE; x += 32) {
+            const float e = expf(__ldcg(p + x) - mx);
+            p[x] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        for (int x = lane; x < NE; x += 32) p[x] = p[x] / sum;
+        topk_select(NULL, p, NE, K, lane, &ci0, &cw0, &ci1, &cw1);
+    }
+    const float wsum = warp_sum(cw0 + cw1);
+    for (int j = 0; j < 2; j++) {
+        const int k = lane + 32 * j;
+        if (k >= K) continue;
+        float wk = j ? cw1 : cw0;
+        const int id = j ? ci1 : ci0;
+        if (ta.norm) wk /= wsum;
+        if (ta.scale != 0.0f) wk *= ta.scale;
+        ta.sel[(size_t)t * K + k] = id;
+        ta.selw[(size_t)t * K + k] = wk;
+        if (ta.base) {
+            const uint8_t *b = ta.base[id];
+            ta.up[k].w = b, ta.up[k].w2 = b + ta.off_up, ta.up[k].s0 = k, ta.up[k].ns = 1;
+            ta.down[k].w = b + ta.off_down, ta.down[k].w2 = NULL, ta.down[k].s0 = k, ta.down[k].ns = 1;
+        }
+    }
+}
+
 typedef struct mv_args {
     const mv_group *groups; /* device array, or NULL for the single group g */
     mv_group g;
@@ -358,6 +550,8 @@ typedef struct mv_args {
     int mode;               /* MV_STORE y = v; MV_ADD y += scale[s] * v (scale NULL: 1);
                                MV_SWIGLU y = silu(v) * v2; MV_GATED y += sigmoid(scale[s]) * v */
     const float *scale;
+    int *tail_done;         /* one token, 4 warps a row: the last block to finish runs the top-k */
+    topk_args tk;
 } mv_args;
 
 __device__ __forceinline__ void mv_out(const mv_args &a, int s, int r, float v, float v2) {
@@ -377,34 +571,87 @@ __device__ __forceinline__ float dot8(const float v[8], const float *x) {
 
 #define MV_WARPS 4
 
-/* A warp per output row; lanes stride over the row's 8-value chunks; NT tokens at a time. */
-template <int TYPE, int NT> __global__ void __launch_bounds__(MV_WARPS * 32) k_mv(mv_args a) {
-    const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (r >= a.n_out) return;
-    const int nc = a.n_in >> 3;
+/* Sums v over the WPR warps that share a row (their sums land in every thread of warp 0 of the
+ * row's group); red holds one float per warp. */
+template <int WPR> __device__ __forceinline__ float row_sum(float v, float *red) {
+    v = warp_sum(v);
+    if (WPR == 1) return v;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float t = 0.0f;
+#pragma unroll
+    for (int i = 0; i < WPR; i++) t += red[(w / WPR) * WPR + i];
+    return t;
+}
+
+/* One thread's share of a row times NT token rows: 8-value chunks lane, lane + step, ...; row2
+ * (may be NULL) accumulates into acc2. One token of a Q4_K row takes q4k_dot. */
+template <int TYPE, int NT>
+__device__ __forceinline__ void mv_accum(const uint8_t *row, const uint8_t *row2, const float *const *xr, int nt, int lane, int step,
+                                         int n_in, float *acc, float *acc2) {
+    if (TYPE == MS_TYPE_Q4_K && NT == 1 && (n_in & 255) == 0) {
+        acc[0] += q4k_dot(row, xr[0], n_in, lane, step);
+        if (row2) acc2[0] += q4k_dot(row2, xr[0], n_in, lane, step);
+        return;
+    }
+    const int nc = n_in >> 3;
+    if (row2) {
+#pragma unroll 2
+        for (int c = lane; c < nc; c += step) {
+            float v[8], v2[8];
+            dq8<TYPE>(row, c, v);
+            dq8<TYPE>(row2, c, v2);
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (j < nt) {
+                    acc[j] += dot8(v, xr[j] + 8 * c);
+                    acc2[j] += dot8(v2, xr[j] + 8 * c);
+                }
+        }
+    } else {
+#pragma unroll 4
+        for (int c = lane; c < nc; c += step) {
+            float v[8];
+            dq8<TYPE>(row, c, v);
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (j < nt) acc[j] += dot8(v, xr[j] + 8 * c);
+        }
+    }
+}
+
+/* WPR warps per output row (1: a warp per row, for matrices with many rows; 4: the block's four
+ * warps split a row, for few rows); lanes stride over the row's 8-value chunks; NT tokens at a
+ * time. */
+template <int TYPE, int NT, int WPR> __global__ void __launch_bounds__(MV_WARPS * 32) k_mv(mv_args a) {
+    __shared__ float red[MV_WARPS];
+    const int lane = (threadIdx.x & (32 * WPR - 1)), step = 32 * WPR, first = (threadIdx.x & (32 * WPR - 1)) == 0;
+    const int r = blockIdx.x * (MV_WARPS / WPR) + (threadIdx.x >> 5) / WPR;
+    /* whole blocks leave together (row_sum synchronizes the block when WPR > 1) */
+    if (WPR == 1 && r >= a.n_out) return;
+    const bool live = r < a.n_out;
     if (a.sum_groups) {
-        float total = 0.0f;
-        for (int gi = 0; gi < a.n_groups; gi++) {
+        /* lane-local weighted partial sums over every group, one reduction at the end, so the
+         * groups' loads overlap instead of waiting on a reduction each */
+        float part = 0.0f;
+        for (int gi = 0; gi < a.n_groups && live; gi++) {
             const mv_group g = a.groups[gi];
             const uint8_t *row = g.w + (size_t)r * a.row_bytes;
             const float *xr = a.x + (size_t)(a.x_idx ? a.x_idx[g.s0] : g.s0) * a.ldx;
+            const float sc = a.scale ? a.scale[g.s0] : 1.0f;
             float acc = 0.0f;
-#pragma unroll 4
-            for (int c = lane; c < nc; c += 32) {
-                float v[8];
-                dq8<TYPE>(row, c, v);
-                acc += dot8(v, xr + 8 * c);
-            }
-            acc = warp_sum(acc);
-            total += (a.scale ? a.scale[g.s0] : 1.0f) * acc;
+            mv_accum<TYPE, 1>(row, NULL, &xr, 1, lane, step, a.n_in, &acc, NULL);
+            part += sc * acc;
         }
-        if (lane == 0) a.y[r] += total;
+        part = row_sum<WPR>(part, red);
+        if (first && live) a.y[r] += part;
         return;
     }
     const mv_group g = a.groups ? a.groups[blockIdx.y] : a.g;
-    const uint8_t *row = g.w + (size_t)r * a.row_bytes;
-    const uint8_t *row2 = g.w2 ? g.w2 + (size_t)r * a.row_bytes : NULL;
+    const uint8_t *row = g.w + (size_t)(live ? r : 0) * a.row_bytes;
+    const uint8_t *row2 = g.w2 ? g.w2 + (size_t)(live ? r : 0) * a.row_bytes : NULL;
     for (int t0 = 0; t0 < g.ns; t0 += NT) {
         const int nt = min(NT, g.ns - t0);
         const float *xr[NT];
@@ -415,36 +662,29 @@ template <int TYPE, int NT> __global__ void __launch_bounds__(MV_WARPS * 32) k_m
             xr[j] = a.x + (size_t)(a.x_idx ? a.x_idx[s] : s) * a.ldx;
             acc[j] = acc2[j] = 0.0f;
         }
-        if (row2) {
-#pragma unroll 2
-            for (int c = lane; c < nc; c += 32) {
-                float v[8], v2[8];
-                dq8<TYPE>(row, c, v);
-                dq8<TYPE>(row2, c, v2);
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    if (j < nt) {
-                        acc[j] += dot8(v, xr[j] + 8 * c);
-                        acc2[j] += dot8(v2, xr[j] + 8 * c);
-                    }
-            }
-        } else {
-#pragma unroll 4
-            for (int c = lane; c < nc; c += 32) {
-                float v[8];
-                dq8<TYPE>(row, c, v);
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    if (j < nt) acc[j] += dot8(v, xr[j] + 8 * c);
-            }
-        }
+        if (live) mv_accum<TYPE, NT>(row, row2, xr, nt, lane, step, a.n_in, acc, acc2);
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             if (j < nt) {
-                const float s1 = warp_sum(acc[j]);
-                const float s2 = row2 ? warp_sum(acc2[j]) : 0.0f;
-                if (lane == 0) mv_out(a, g.s0 + t0 + j, r, s1, s2);
+                const float s1 = row_sum<WPR>(acc[j], red);
+                const float s2 = row2 ? row_sum<WPR>(acc2[j], red) : 0.0f;
+                if (first && live) mv_out(a, g.s0 + t0 + j, r, s1, s2);
             }
+        }
+    }
+    if (WPR == 4 && a.tail_done) {
+        /* the router's top-k in the last block (threadfence reduction): no launch of its own */
+        __shared__ int last;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(a.tail_done, 1) == (int)(gridDim.x * gridDim.y) - 1;
+        }
+        __syncthreads();
+        if (last && threadIdx.x < 32) {
+            __threadfence();
+            topk_warp(a.y, a.n_out, a.tk, 0);
+            if (threadIdx.x == 0) *a.tail_done = 0;
         }
     }
 }
@@ -534,18 +774,29 @@ template <int TYPE, bool DUAL> __global__ void __launch_bounds__(256) k_mm(mv_ar
         }
 }
 
+static long long mv_wide_rows = 16384; /* MS_CUDA_WIDE_ROWS: rows at which a warp per row is used */
+static int mv_min_items = 128;         /* MS_CUDA_MV_ITEMS: work items a row needs for four warps */
+
 /* Picks the kernel for a launch: max_ns is the most slots any group has, n_groups the groups
  * (grid.y for k_mv, grid.z for k_mm). */
+/* Matrix-vector launches with WPR warps per row. */
+template <int TYPE, int WPR> static void launch_mv_t(const mv_args &a, int max_ns, int n_groups, cudaStream_t st) {
+    const unsigned rows = (unsigned)((a.n_out + MV_WARPS / WPR - 1) / (MV_WARPS / WPR));
+    dim3 grid(rows, a.sum_groups ? 1u : (unsigned)n_groups);
+    if (a.sum_groups || max_ns <= 1) k_mv<TYPE, 1, WPR><<<grid, MV_WARPS * 32, 0, st>>>(a);
+    else if (max_ns <= 2) k_mv<TYPE, 2, WPR><<<grid, MV_WARPS * 32, 0, st>>>(a);
+    else if (max_ns <= 4) k_mv<TYPE, 4, WPR><<<grid, MV_WARPS * 32, 0, st>>>(a);
+    else k_mv<TYPE, 8, WPR><<<grid, MV_WARPS * 32, 0, st>>>(a);
+}
+
 template <int TYPE> static void launch_mat_t(const mv_args &a, int max_ns, int n_groups, cudaStream_t st) {
-    const unsigned rows_mv = (unsigned)((a.n_out + MV_WARPS - 1) / MV_WARPS);
-    if (a.sum_groups) {
-        k_mv<TYPE, 1><<<dim3(rows_mv, 1), MV_WARPS * 32, 0, st>>>(a);
-    } else if (max_ns <= 8) {
-        dim3 grid(rows_mv, (unsigned)n_groups);
-        if (max_ns <= 1) k_mv<TYPE, 1><<<grid, MV_WARPS * 32, 0, st>>>(a);
-        else if (max_ns <= 2) k_mv<TYPE, 2><<<grid, MV_WARPS * 32, 0, st>>>(a);
-        else if (max_ns <= 4) k_mv<TYPE, 4><<<grid, MV_WARPS * 32, 0, st>>>(a);
-        else k_mv<TYPE, 8><<<grid, MV_WARPS * 32, 0, st>>>(a);
+    if (a.sum_groups || max_ns <= 8) {
+        /* a warp per row when the rows alone fill the GPU several times over, else four */
+        const long long warps = (long long)a.n_out * (a.sum_groups ? 1 : n_groups);
+        /* work items per row: Q4_K one token takes 32 values at a time, the rest 8 */
+        const int items = (TYPE == MS_TYPE_Q4_K && max_ns <= 1 && !(a.n_in & 255)) ? a.n_in / 32 : a.n_in / 8;
+        if (!a.tail_done && (warps >= mv_wide_rows || items < mv_min_items)) launch_mv_t<TYPE, 1>(a, max_ns, n_groups, st);
+        else launch_mv_t<TYPE, 4>(a, max_ns, n_groups, st);
     } else {
         dim3 grid((unsigned)((a.n_out + MM_BM - 1) / MM_BM), (unsigned)((max_ns + MM_BN - 1) / MM_BN), (unsigned)n_groups);
         if (a.mode == MV_SWIGLU) k_mm<TYPE, true><<<grid, 256, 0, st>>>(a);
@@ -600,21 +851,25 @@ __global__ void k_rmsnorm(const float *x, long long ldx, float *y, long long ldy
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * s * (w ? w[i] : 1.0f);
 }
 
-/* Query/key preparation: per-head RMS norm (if the model has one) and NeoX RoPE. Block y < n_head
- * takes query head y from the projection a into q; the rest take key heads in place in the cache. */
-__global__ void k_qk_prep(const float *a, int qw, int gated, float *q, float *kc, int kvd, const float *qn, const float *kn,
-                          int n_head, int hd, int n_rot, int pos0, float base, float eps) {
+/* Query/key preparation for a batch: per-head RMS norm (if the model has one) and NeoX RoPE.
+ * Block y < n_head takes query head y from the projection a (rows lda apart) into q; the rest take
+ * a kv head's key (kv_in, the k part of a) into the cache at *d_pos + t, and copy its value. */
+__global__ void k_qk_prep(const float *a, int lda, int gated, float *q, float *kc, float *vc, const float *kv_in, int kvd,
+                          const float *qn, const float *kn, int n_head, int hd, int n_rot, const int *d_pos, float base, float eps) {
     __shared__ float v[256];
-    const int t = blockIdx.x, hh = blockIdx.y;
+    const int t = blockIdx.x, hh = blockIdx.y, pos0 = *d_pos;
     const float *src, *w;
     float *dst;
     if (hh < n_head) {
-        src = a + (size_t)t * qw + (size_t)hh * hd * (gated ? 2 : 1);
+        src = a + (size_t)t * lda + (size_t)hh * hd * (gated ? 2 : 1);
         dst = q + ((size_t)t * n_head + hh) * hd;
         w = qn;
     } else {
-        dst = kc + (size_t)t * kvd + (size_t)(hh - n_head) * hd;
-        src = dst;
+        const size_t off = (size_t)(hh - n_head) * hd;
+        dst = kc + (size_t)(pos0 + t) * kvd + off;
+        src = kv_in + (size_t)t * lda + off;
+        float *vd = vc + (size_t)(pos0 + t) * kvd + off;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) vd[d] = src[kvd + d];
         w = kn;
     }
     float ss = 0.0f;
@@ -648,8 +903,8 @@ __global__ void k_qk_prep(const float *a, int qw, int gated, float *q, float *kc
 template <int MAXJ>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attn(const float *q, const float *kc, const float *vc, float *out, const float *gsrc, int n_head, int n_head_kv, int hd,
-           int pos0, int qw, int gated) {
-    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+           const int *d_pos, int lda, int gated) {
+    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5, pos0 = *d_pos;
     const int kvd = n_head_kv * hd, kvh = h / (n_head / n_head_kv), npos = pos0 + t + 1;
     const float scale = 1.0f / sqrtf((float)hd);
     const float *qh = q + ((size_t)t * n_head + h) * hd;
@@ -699,61 +954,168 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         float o = 0.0f;
         for (int i = 0; i < ATT_WARPS; i++) o += sacc[i][d] * f[i];
         o /= L;
-        if (gated) o *= d_sigmoid(gsrc[(size_t)t * qw + (size_t)h * 2 * hd + hd + d]);
+        if (gated) o *= d_sigmoid(gsrc[(size_t)t * lda + (size_t)h * 2 * hd + hd + d]);
         out[((size_t)t * n_head + h) * hd + d] = o;
     }
 }
 
-/* Gated DeltaNet gates: beta = sigmoid(b), g = softplus(a + dt_bias) * ssm_a (log of the decay).
- * ba (qwen3next) holds [n_k_heads][beta x r | alpha x r]; otherwise braw/araw are [T][nv]. */
-__global__ void k_gdn_prep(const float *ba, const float *braw, const float *araw, const float *dt_bias, const float *ssm_a,
-                           float *beta, float *g, int T, int nv, int nk) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= T * nv) return;
-    const int t = i / nv, h = i % nv;
-    float b, a;
-    if (ba) {
-        const int r = nv / nk, grp = h / r, j = h % r;
-        b = ba[(size_t)t * 2 * nv + grp * 2 * r + j];
-        a = ba[(size_t)t * 2 * nv + grp * 2 * r + r + j];
-    } else {
-        b = braw[i];
-        a = araw[i];
+
+
+/* One token's attention in one launch: block h prepares query head h and the key of its kv head
+ * (norm, RoPE) in shared memory, the first block of each kv group writes that key and the value
+ * into the cache at *d_pos, and every block attends over positions < *d_pos from the cache and
+ * the new position from shared memory (so no block reads a row another is writing). */
+template <int MAXJ>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn1(const float *a, int lda, int gated, float *kc, float *vc, const float *kv_in, int kvd, const float *qn, const float *kn,
+            int n_head, int n_head_kv, int hd, int n_rot, const int *d_pos, float base, float eps, float *out) {
+    __shared__ float qs[MAXJ * 32], ks[MAXJ * 32], vs[MAXJ * 32];
+    const int h = blockIdx.x, grp = n_head / n_head_kv, kvh = h / grp, pos = *d_pos;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const float *qsrc = a + (size_t)h * hd * (gated ? 2 : 1);
+    const size_t koff = (size_t)kvh * hd;
+    const float *ksrc = kv_in + koff, *vsrc = kv_in + kvd + koff;
+    (void)lda;
+    float sq = 0.0f, sk = 0.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        qs[d] = qsrc[d];
+        ks[d] = ksrc[d];
+        vs[d] = vsrc[d];
+        sq += qs[d] * qs[d];
+        sk += ks[d] * ks[d];
     }
-    beta[i] = d_sigmoid(b);
-    g[i] = d_softplus(a + dt_bias[h]) * ssm_a[h];
+    if (qn) sq = block_sum(sq);
+    if (kn) sk = block_sum(sk);
+    __syncthreads();
+    const float fq = qn ? (float)(1.0 / sqrt((double)sq / hd + eps)) : 1.0f;
+    const float fk = kn ? (float)(1.0 / sqrt((double)sk / hd + eps)) : 1.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        if (qn) qs[d] = qs[d] * fq * qn[d];
+        if (kn) ks[d] = ks[d] * fk * kn[d];
+    }
+    __syncthreads();
+    const int half = n_rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = 1.0f / powf(base, (float)(2 * i) / (float)n_rot);
+        const float theta = (float)pos * inv_freq;
+        const float c = cosf(theta), s = sinf(theta);
+        float x0 = qs[i], x1 = qs[i + half];
+        qs[i] = x0 * c - x1 * s;
+        qs[i + half] = x0 * s + x1 * c;
+        x0 = ks[i], x1 = ks[i + half];
+        ks[i] = x0 * c - x1 * s;
+        ks[i + half] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    if (h % grp == 0)
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            kc[(size_t)pos * kvd + koff + d] = ks[d];
+            vc[(size_t)pos * kvd + koff + d] = vs[d];
+        }
+    const float scale = 1.0f / sqrtf((float)hd);
+    float qv[MAXJ], acc[MAXJ];
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+        const int d = lane + 32 * j;
+        qv[j] = d < hd ? qs[d] : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int p = w; p <= pos; p += ATT_WARPS) {
+        const float *kp = p < pos ? kc + (size_t)p * kvd + koff : ks, *vp = p < pos ? vc + (size_t)p * kvd + koff : vs;
+        float sc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) sc += qv[j] * kp[d];
+        }
+        sc = warp_sum(sc) * scale;
+        const float mn = fmaxf(m, sc), cf = expf(m - mn), e = expf(sc - mn);
+        l = l * cf + e;
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) acc[j] = acc[j] * cf + e * vp[d];
+        }
+        m = mn;
+    }
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][MAXJ * 32];
+    if (lane == 0) sm[w] = m, sl[w] = l;
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) sacc[w][lane + 32 * j] = acc[j];
+    __syncthreads();
+    if (w != 0) return;
+    float M = -INFINITY, L = 0.0f;
+    for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, sm[i]);
+    float f[ATT_WARPS];
+    for (int i = 0; i < ATT_WARPS; i++) {
+        f[i] = sl[i] > 0.0f ? expf(sm[i] - M) : 0.0f;
+        L += sl[i] * f[i];
+    }
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+        const int d = lane + 32 * j;
+        if (d >= hd) continue;
+        float o = 0.0f;
+        for (int i = 0; i < ATT_WARPS; i++) o += sacc[i][d] * f[i];
+        o /= L;
+        if (gated) o *= d_sigmoid(a[(size_t)h * 2 * hd + hd + d]);
+        out[(size_t)h * hd + d] = o;
+    }
 }
 
-/* Causal depthwise conv over [state (K-1 rows) | new rows] then SiLU; a thread per channel, which
- * also keeps the channel's last K-1 inputs as the new state. */
-__global__ void k_conv(const float *pre, float *st, const float *w, float *out, int T, int cd, int K) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cd) return;
+/* The Gated DeltaNet inputs in one launch: the causal conv + SiLU of every channel (state kept),
+ * the L2 norm of each query and key head (a block per head), and the gates (the last block).
+ * Blocks [0, 2 nk) take the q and k heads, then blocks of 256 value channels, then the gates. */
+__global__ void __launch_bounds__(256) k_gdn_in(const float *pre, int ldp, float *st, const float *w, float *out, int T, int cd, int K,
+                                                int nk, int dk, float eps, const float *ba, const float *braw, const float *araw,
+                                                const float *dt_bias, const float *ssm_a, float *beta, float *g, int nv) {
+    const int nqk = 2 * nk, nvb = (cd - nqk * dk + 255) / 256, b = blockIdx.x;
+    if (b == nqk + nvb) {
+        for (int i = threadIdx.x; i < T * nv; i += blockDim.x) {
+            const int t = i / nv, h = i % nv;
+            float bb, aa;
+            if (ba) {
+                const int r = nv / nk, grp = h / r, j = h % r;
+                bb = ba[(size_t)t * 2 * nv + grp * 2 * r + j];
+                aa = ba[(size_t)t * 2 * nv + grp * 2 * r + r + j];
+            } else {
+                bb = braw[i];
+                aa = araw[i];
+            }
+            beta[i] = d_sigmoid(bb);
+            g[i] = d_softplus(aa + dt_bias[h]) * ssm_a[h];
+        }
+        return;
+    }
+    const int norm = b < nqk;
+    const int c0 = norm ? b * dk : nqk * dk + (b - nqk) * 256, nch = norm ? dk : min(256, cd - c0);
+    const int c = c0 + threadIdx.x;
+    const bool on = threadIdx.x < nch;
     const float *wc = w + (size_t)c * K;
     for (int t = 0; t < T; t++) {
-        float s = 0.0f;
-        for (int k = 0; k < K; k++) {
-            const int src = t + k - (K - 1);
-            const float xv = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * cd + c];
-            s += wc[k] * xv;
+        float sv = 0.0f;
+        if (on) {
+            for (int k = 0; k < K; k++) {
+                const int src = t + k - (K - 1);
+                const float xv = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * ldp + c];
+                sv += wc[k] * xv;
+            }
+            sv = d_silu(sv);
         }
-        out[(size_t)t * cd + c] = d_silu(s);
+        if (norm) {
+            const float ss = block_sum(on ? sv * sv : 0.0f);
+            sv *= (float)(1.0 / sqrt((double)ss + eps));
+        }
+        if (on) out[(size_t)t * cd + c] = sv;
     }
-    for (int k = 0; k < K - 1; k++) {
-        const int src = T - (K - 1) + k;
-        st[(size_t)k * cd + c] = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * cd + c];
-    }
+    if (on)
+        for (int k = 0; k < K - 1; k++) {
+            const int src = T - (K - 1) + k;
+            st[(size_t)k * cd + c] = src < 0 ? st[(size_t)(K - 1 + src) * cd + c] : pre[(size_t)src * ldp + c];
+        }
 }
 
-/* L2 norm of each query and key head of each token (block (t, head), one warp). */
-__global__ void k_l2norm(float *qkv, int cd, int dk, float eps) {
-    float *x = qkv + (size_t)blockIdx.x * cd + (size_t)blockIdx.y * dk;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < dk; i += 32) ss += x[i] * x[i];
-    ss = warp_sum(ss);
-    const float s = (float)(1.0 / sqrt((double)ss + eps));
-    for (int i = threadIdx.x; i < dk; i += 32) x[i] *= s;
-}
 
 #define GDN_WARPS 4
 
@@ -807,10 +1169,10 @@ __global__ void __launch_bounds__(GDN_WARPS * 32)
 }
 
 /* Gated RMS norm of each head's output: norm(o) * w * silu(z) (block (t, h)). */
-__global__ void k_gated_norm(float *o, const float *z, const float *w, int nv, int dv, float eps) {
+__global__ void k_gated_norm(float *o, const float *z, int ldz, const float *w, int nv, int dv, float eps) {
     const size_t off = ((size_t)blockIdx.x * nv + blockIdx.y) * dv;
     float *x = o + off;
-    const float *zz = z + off;
+    const float *zz = z + (size_t)blockIdx.x * ldz + (size_t)blockIdx.y * dv;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < dv; i += blockDim.x) ss += x[i] * x[i];
     ss = block_sum(ss);
@@ -818,71 +1180,9 @@ __global__ void k_gated_norm(float *o, const float *z, const float *w, int nv, i
     for (int i = threadIdx.x; i < dv; i += blockDim.x) x[i] = x[i] * s * w[i] * d_silu(zz[i]);
 }
 
-/* Router: softmax over the experts, top-k (ties to the lower index, as forward.c), optional
- * renormalization and scale. Block per token; p is NE floats of dynamic shared memory. */
-__global__ void k_topk(const float *logits, int NE, int K, int norm_topk, float wscale, int *sel, float *selw) {
-    extern __shared__ float p[];
-    __shared__ int chosen[64];
-    __shared__ float chosen_w[64];
-    __shared__ float rv[32];
-    __shared__ int ri[32];
-    const int t = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const float *lg = logits + (size_t)t * NE;
-    float mx = -INFINITY;
-    for (int x = threadIdx.x; x < NE; x += blockDim.x) mx = fmaxf(mx, lg[x]);
-    mx = block_max(mx);
-    float sum = 0.0f;
-    for (int x = threadIdx.x; x < NE; x += blockDim.x) {
-        const float e = expf(lg[x] - mx);
-        p[x] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);
-    for (int x = threadIdx.x; x < NE; x += blockDim.x) p[x] = p[x] / sum;
-    __syncthreads();
-    for (int k = 0; k < K; k++) {
-        float bv = -2.0f;
-        int bi = 0x7fffffff;
-        for (int x = threadIdx.x; x < NE; x += blockDim.x)
-            if (p[x] > bv) bv = p[x], bi = x; /* ascending x: the first of equals stays */
-        for (int o = 16; o; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-        }
-        if (lane == 0) rv[w] = bv, ri[w] = bi;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            for (int i = 1; i < nw; i++)
-                if (rv[i] > bv || (rv[i] == bv && ri[i] < bi)) bv = rv[i], bi = ri[i];
-            chosen[k] = bi;
-            chosen_w[k] = p[bi];
-            p[bi] = -1.0f; /* below every probability: taken */
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-        float wsum = 0.0f;
-        for (int k = 0; k < K; k++) wsum += chosen_w[k];
-        for (int k = 0; k < K; k++) {
-            float wk = chosen_w[k];
-            if (norm_topk) wk /= wsum;
-            if (wscale != 0.0f) wk *= wscale;
-            sel[(size_t)t * K + k] = chosen[k];
-            selw[(size_t)t * K + k] = wk;
-        }
-    }
-}
-
-/* Decode with every expert resident: the groups of the K chosen experts, from the layer's table
- * of expert slots, with no trip to the host. */
-__global__ void k_route_resident(const int *sel, const uint8_t *const *base, size_t off_up, size_t off_down, int K,
-                                 mv_group *up, mv_group *down) {
-    const int k = threadIdx.x;
-    if (k >= K) return;
-    const uint8_t *b = base[sel[k]];
-    up[k].w = b, up[k].w2 = b + off_up, up[k].s0 = k, up[k].ns = 1;
-    down[k].w = b + off_down, down[k].w2 = NULL, down[k].s0 = k, down[k].ns = 1;
+/* Router top-k for a batch: a warp per token. */
+__global__ void __launch_bounds__(32) k_topk(float *logits, int NE, topk_args ta) {
+    topk_warp(logits + (size_t)blockIdx.x * NE, NE, ta, blockIdx.x);
 }
 
 /* x[t][r] += sum_k w[t][k] * y[slot_of[t][k]][r]: the experts' outputs, back in token order. */
@@ -905,6 +1205,10 @@ __global__ void k_swiglu(float *g, const float *u, size_t n) {
 #define ALIGN 256
 #define LOGIT_ROWS 32 /* rows of logits computed per lm_head launch */
 #define MAX_TOPK 64
+/* Router lookahead while streaming when neither --lookahead nor MS_CUDA_LOOKAHEAD says: on, since
+ * it won at both budgets measured (H100, 80B synthetic Q4_K: 24G 67 -> 90 tok/s, 8G 43 -> 51).
+ * ms_backend_params cannot say "off", so MS_CUDA_LOOKAHEAD=0 is the way to turn it off. */
+#define GPU_LOOKAHEAD_DEFAULT 1
 
 /* A weight in VRAM. */
 typedef struct dmat {
@@ -918,9 +1222,11 @@ typedef struct dlayer {
     ms_layer_kind kind;
     const float *attn_norm, *ffn_norm;
     dmat wq, wk, wv, wo;
+    dmat wqkv_a;                     /* wq|wk|wv stacked when they share a type (else d NULL) */
     const float *q_norm, *k_norm;
     int attn_gated;
     dmat wqkv, wz, wbeta, walpha, wba, ssm_out;
+    dmat wqkvz;                      /* wqkv|wz stacked when they share a type (else d NULL) */
     const float *conv1d, *dt_bias, *ssm_a, *ssm_norm;
     dmat router, sh_gate, sh_up, sh_down, sh_router;
     float *k_cache, *v_cache;        /* [n_ctx][n_head_kv * head_dim] */
@@ -951,20 +1257,22 @@ typedef struct cu_ctx {
     const float *output_norm;
     float *x, *h, *a, *q, *att, *qkv, *z, *beta, *gg, *braw, *araw, *ba, *gdn_o, *router, *selw, *act, *ybuf, *sh_act,
         *sh_tmp, *sh_gate, *dlogits, *states;
-    int *sel, *tok, *x_idx, *slot_of;
-    float *slot_w;
+    int *sel, *tok, *x_idx;          /* x_idx: the upload block (see moe_host) */
+    int *d_pos;                      /* the position of the batch's first token */
+    int *d_done;                     /* blocks of the router product done (the top-k tail) */
     mv_group *grp_up;
     const uint8_t **exp_base;        /* [n_layer][n_expert] slot of each expert (resident mode) */
     size_t state_floats;
     /* host, pinned */
-    int *h_tok, *h_sel, *h_x_idx, *h_slot_of;
-    float *h_selw, *h_slot_w, *logits_pin;
+    int *h_tok, *h_sel, *h_x_idx;    /* h_x_idx: host side of the upload block */
+    int *h_pos;
+    float *h_selw, *logits_pin;
     mv_group *h_grp_up;
     /* host */
     int32_t *history;
     float *logits_host;              /* [n_batch][n_vocab] when more rows than LOGIT_ROWS */
     const float *logits_rows;        /* what ms_logits reads */
-    int *exp_count, *exp_ids, *exp_first, *exp_index, *fill, *order; /* [n_expert] ([2 n_expert] order) */
+    int *exp_count, *exp_ids, *exp_first, *exp_index, *fill, *order; /* [n_expert] ([3 n_expert] order) */
     uint8_t **miss_dst;              /* [n_expert] */
     ms_expert_ref *refs;             /* [n_expert] */
     /* the expert cache */
@@ -985,6 +1293,22 @@ typedef struct cu_ctx {
     cudaEvent_t *stage_ev;
     ms_pool *pool;
     pending pend;
+    /* router lookahead (decode while streaming): layer il + 1's router runs on layer il's residual
+     * and its predicted top-k is copied in while layer il computes (prefetch_next) */
+    int lookahead;
+    float *look_h, *look_logits;     /* [n_embd] the normed residual, [n_expert] router logits */
+    int *look_sel;                   /* [n_expert_used] the predicted ids (device) */
+    float *look_selw;                /* [n_expert_used] their weights (unused) */
+    int *h_look;                     /* [n_expert_used] pinned: the predicted ids */
+    cudaEvent_t ev_look;             /* h_look is filled */
+    cudaEvent_t *ev_pf;              /* [n_expert]: after prefetch copy i */
+    cudaEvent_t ev_pf_done;          /* after the last copy of the prefetch */
+    int pf_il;                       /* layer the outstanding prefetch is for, or -1 */
+    int n_pf;                        /* its copies */
+    int *pf_slots;                   /* [n_expert]: the slots they fill */
+    int *slot_pf;                    /* [n_slots]: index of the prefetch copy filling the slot, or -1 */
+    pending pf_cur, pf_old;          /* store pins of the outstanding prefetch; of the one consumed last */
+    uint64_t prefetches, prefetch_used;
     /* recurrent-state checkpoints (host copies) */
     struct {
         int pos;
@@ -994,9 +1318,19 @@ typedef struct cu_ctx {
     uint64_t ckpt_clock;
     ms_timing timing;
     int timing_on;                   /* MS_CUDA_TIMING=1: per-phase GPU times from events */
+    int use_graph;                   /* decode replays captured graphs (MS_CUDA_GRAPHS=0: never) */
+    int capturing;
+    cudaGraphExec_t graph;           /* resident decode: a whole token */
+    cudaGraphExec_t *lgraph;         /* [n_layer] host-routed decode: each layer's layer_pre */
     cudaEvent_t *tev;                /* [n_layer][4] */
-    double stall;                    /* scratch for timing */
+    uint64_t host_bytes;             /* host memory allocated at creation */
 } cu_ctx;
+
+static uint64_t env_u64(const char *name, uint64_t def) {
+    const char *v = getenv(name);
+    if (!v || !*v) return def;
+    return strtoull(v, NULL, 10);
+}
 
 static int cuda_fail(ms_err *e, cudaError_t rc, const char *what) {
     return ms_fail(e, MS_ERR_IO, "CUDA error %s (%s) in %s", cudaGetErrorName(rc), cudaGetErrorString(rc), what);
@@ -1029,6 +1363,27 @@ static int up_mat(cu_ctx *c, const ms_mat *src, dmat *dst, ms_err *e) {
     size_t n = src->row_bytes * (size_t)src->n_out;
     dst->d = (const uint8_t *)take(c, n);
     if (c->arena) CK(cudaMemcpy((void *)dst->d, src->data, n, cudaMemcpyHostToDevice));
+    return MS_OK;
+}
+
+/* Stacks n weights of one type and row length into one (rows of src[0], then src[1], ...), so
+ * one launch computes them all; leaves dst->d NULL when their types or rows differ. */
+static int up_stack(cu_ctx *c, const ms_mat *const *src, int n, dmat *dst, ms_err *e) {
+    memset(dst, 0, sizeof *dst);
+    for (int i = 0; i < n; i++)
+        if (!src[i]->data || src[i]->type != src[0]->type || src[i]->n_in != src[0]->n_in) return MS_OK;
+    if (env_u64("MS_CUDA_STACK", 1) == 0) return MS_OK;
+    dst->type = src[0]->type;
+    dst->n_in = (int)src[0]->n_in;
+    dst->row_bytes = src[0]->row_bytes;
+    for (int i = 0; i < n; i++) dst->n_out += (int)src[i]->n_out;
+    dst->d = (const uint8_t *)take(c, dst->row_bytes * (size_t)dst->n_out);
+    size_t off = 0;
+    for (int i = 0; i < n && c->arena; i++) {
+        const size_t b = src[i]->row_bytes * (size_t)src[i]->n_out;
+        CK(cudaMemcpy((uint8_t *)dst->d + off, src[i]->data, b, cudaMemcpyHostToDevice));
+        off += b;
+    }
     return MS_OK;
 }
 
@@ -1067,19 +1422,29 @@ static int plan(cu_ctx *c, ms_err *e) {
         TRY(up_vec(c, ly->attn_norm, E, &d->attn_norm, e));
         TRY(up_vec(c, ly->ffn_norm, E, &d->ffn_norm, e));
         if (ly->kind == MS_LAYER_ATTN) {
-            TRY(up_mat(c, &ly->wq, &d->wq, e));
-            TRY(up_mat(c, &ly->wk, &d->wk, e));
-            TRY(up_mat(c, &ly->wv, &d->wv, e));
+            const ms_mat *qkv[3] = {&ly->wq, &ly->wk, &ly->wv};
+            TRY(up_stack(c, qkv, 3, &d->wqkv_a, e));
+            if (!d->wqkv_a.d) {
+                TRY(up_mat(c, &ly->wq, &d->wq, e));
+                TRY(up_mat(c, &ly->wk, &d->wk, e));
+                TRY(up_mat(c, &ly->wv, &d->wv, e));
+            } else {
+                d->wq.n_out = (int)ly->wq.n_out; /* the shapes still say how to split */
+            }
             TRY(up_mat(c, &ly->wo, &d->wo, e));
             TRY(up_vec(c, ly->q_norm, (size_t)hp->head_dim, &d->q_norm, e));
             TRY(up_vec(c, ly->k_norm, (size_t)hp->head_dim, &d->k_norm, e));
             d->attn_gated = ly->attn_gated;
-            qw = MS_MAX(qw, (size_t)ly->wq.n_out);
+            qw = MS_MAX(qw, (size_t)ly->wq.n_out + 2 * kvd);
             d->k_cache = take_f(c, (size_t)c->n_ctx * kvd);
             d->v_cache = take_f(c, (size_t)c->n_ctx * kvd);
         } else {
-            TRY(up_mat(c, &ly->wqkv, &d->wqkv, e));
-            TRY(up_mat(c, &ly->wz, &d->wz, e));
+            const ms_mat *qkvz[2] = {&ly->wqkv, &ly->wz};
+            TRY(up_stack(c, qkvz, 2, &d->wqkvz, e));
+            if (!d->wqkvz.d) {
+                TRY(up_mat(c, &ly->wqkv, &d->wqkv, e));
+                TRY(up_mat(c, &ly->wz, &d->wz, e));
+            }
             TRY(up_mat(c, &ly->wbeta, &d->wbeta, e));
             TRY(up_mat(c, &ly->walpha, &d->walpha, e));
             TRY(up_mat(c, &ly->wba, &d->wba, e));
@@ -1107,7 +1472,7 @@ static int plan(cu_ctx *c, ms_err *e) {
         st += (size_t)hp->n_v_heads * hp->d_v * hp->d_k;
     }
     size_t vd = (size_t)hp->n_v_heads * hp->d_v, nv = (size_t)hp->n_v_heads;
-    size_t a_w = MS_MAX(E, MS_MAX(qw, (size_t)hp->conv_dim));
+    size_t a_w = MS_MAX(E, MS_MAX(qw, (size_t)hp->conv_dim + vd));
     c->x = take_f(c, T * E);
     c->h = take_f(c, T * E);
     c->a = take_f(c, T * a_w);
@@ -1130,14 +1495,16 @@ static int plan(cu_ctx *c, ms_err *e) {
     c->sh_tmp = take_f(c, T * hp->n_ff_shexp);
     c->sh_gate = take_f(c, T);
     c->tok = (int *)take(c, T * sizeof(int));
-    /* the upload block: x_idx, slot_of, slot_w of every slot, one copy per layer */
-    int *blk = (int *)take(c, 3 * T * K * sizeof(int));
-    c->x_idx = blk;
-    c->slot_of = blk ? blk + T * K : NULL;
-    c->slot_w = blk ? (float *)(blk + 2 * T * K) : NULL;
+    c->d_pos = (int *)take(c, sizeof(int));
+    c->d_done = (int *)take(c, sizeof(int));
+    c->x_idx = (int *)take(c, 3 * T * K * sizeof(int)); /* the upload block, see moe_host */
     c->grp_up = (mv_group *)take(c, 2 * NE * sizeof(mv_group)); /* a wave's up groups, then its down groups */
     c->exp_base = (const uint8_t **)take(c, (size_t)hp->n_layer * NE * sizeof(void *));
     c->dlogits = take_f(c, (size_t)MS_MIN((size_t)LOGIT_ROWS, T) * hp->n_vocab);
+    c->look_h = take_f(c, E);
+    c->look_logits = take_f(c, NE);
+    c->look_sel = (int *)take(c, K * sizeof(int));
+    c->look_selw = take_f(c, K);
     return MS_OK;
 }
 
@@ -1216,17 +1583,36 @@ static void tev_record(cu_ctx *c, int il, int k) {
 static int attention(cu_ctx *c, const dlayer *d, int T) {
     const ms_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, E = hp->n_embd, qw = d->wq.n_out, qd = hp->n_head * hd;
-    float *kc = d->k_cache + (size_t)c->pos * kvd, *vc = d->v_cache + (size_t)c->pos * kvd;
-    /* the (gated) query projection goes to a, keys and values straight into the cache */
-    if (run_mat(c, &d->wq, NULL, c->h, E, c->a, qw, T, MV_STORE, NULL)) return -1;
-    if (run_mat(c, &d->wk, NULL, c->h, E, kc, kvd, T, MV_STORE, NULL)) return -1;
-    if (run_mat(c, &d->wv, NULL, c->h, E, vc, kvd, T, MV_STORE, NULL)) return -1;
-    k_qk_prep<<<dim3((unsigned)T, (unsigned)(hp->n_head + hp->n_head_kv)), 64, 0, c->cs>>>(
-        c->a, qw, d->attn_gated, c->q, kc, kvd, d->q_norm, d->k_norm, hp->n_head, hd, hp->n_rot, c->pos, hp->rope_base,
-        hp->norm_eps);
+    /* the (gated) query, keys and values side by side in a ([T][qw | kvd | kvd]): one product
+     * when the three share a type; the cache is written at the position in d_pos (device memory,
+     * so a captured graph replays at any position) */
+    const int lda = qw + 2 * kvd;
+    const float *kv_in = c->a + qw;
+    if (d->wqkv_a.d) {
+        if (run_mat(c, &d->wqkv_a, NULL, c->h, E, c->a, lda, T, MV_STORE, NULL)) return -1;
+    } else {
+        if (run_mat(c, &d->wq, NULL, c->h, E, c->a, lda, T, MV_STORE, NULL)) return -1;
+        if (run_mat(c, &d->wk, NULL, c->h, E, c->a + qw, lda, T, MV_STORE, NULL)) return -1;
+        if (run_mat(c, &d->wv, NULL, c->h, E, c->a + qw + kvd, lda, T, MV_STORE, NULL)) return -1;
+    }
     dim3 grid((unsigned)hp->n_head, (unsigned)T);
+    if (T == 1) {
+#define ATT1(J)                                                                                                             \
+    k_attn1<J><<<grid, ATT_WARPS * 32, 0, c->cs>>>(c->a, lda, d->attn_gated, d->k_cache, d->v_cache, kv_in, kvd, d->q_norm,   \
+                                                   d->k_norm, hp->n_head, hp->n_head_kv, hd, hp->n_rot, c->d_pos, hp->rope_base, \
+                                                   hp->norm_eps, c->att)
+        if (hd <= 32) ATT1(1);
+        else if (hd <= 64) ATT1(2);
+        else if (hd <= 128) ATT1(4);
+        else ATT1(8);
+#undef ATT1
+        return run_mat(c, &d->wo, NULL, c->att, qd, c->x, E, T, MV_ADD, NULL);
+    }
+    k_qk_prep<<<dim3((unsigned)T, (unsigned)(hp->n_head + hp->n_head_kv)), 64, 0, c->cs>>>(
+        c->a, lda, d->attn_gated, c->q, d->k_cache, d->v_cache, kv_in, kvd, d->q_norm, d->k_norm, hp->n_head, hd, hp->n_rot,
+        c->d_pos, hp->rope_base, hp->norm_eps);
 #define ATT(J) \
-    k_attn<J><<<grid, ATT_WARPS * 32, 0, c->cs>>>(c->q, d->k_cache, d->v_cache, c->att, c->a, hp->n_head, hp->n_head_kv, hd, c->pos, qw, d->attn_gated)
+    k_attn<J><<<grid, ATT_WARPS * 32, 0, c->cs>>>(c->q, d->k_cache, d->v_cache, c->att, c->a, hp->n_head, hp->n_head_kv, hd, c->d_pos, lda, d->attn_gated)
     if (hd <= 32) ATT(1);
     else if (hd <= 64) ATT(2);
     else if (hd <= 128) ATT(4);
@@ -1239,18 +1625,26 @@ static int gated_deltanet(cu_ctx *c, const dlayer *d, int T) {
     const ms_hparams *hp = &c->m->hp;
     const int E = hp->n_embd, nv = hp->n_v_heads, nk = hp->n_k_heads, dk = hp->d_k, dv = hp->d_v, cd = hp->conv_dim;
     const int vd = nv * dv;
-    if (run_mat(c, &d->wqkv, NULL, c->h, E, c->a, cd, T, MV_STORE, NULL)) return -1;
-    if (run_mat(c, &d->wz, NULL, c->h, E, c->z, vd, T, MV_STORE, NULL)) return -1;
+    /* q|k|v (before the conv) and the output gate z: one product when they share a type */
+    int lda = cd, ldz = vd;
+    const float *zp = c->z;
+    if (d->wqkvz.d) {
+        lda = ldz = cd + vd;
+        zp = c->a + cd;
+        if (run_mat(c, &d->wqkvz, NULL, c->h, E, c->a, lda, T, MV_STORE, NULL)) return -1;
+    } else {
+        if (run_mat(c, &d->wqkv, NULL, c->h, E, c->a, cd, T, MV_STORE, NULL)) return -1;
+        if (run_mat(c, &d->wz, NULL, c->h, E, c->z, vd, T, MV_STORE, NULL)) return -1;
+    }
     if (d->wba.d) {
         if (run_mat(c, &d->wba, NULL, c->h, E, c->ba, 2 * nv, T, MV_STORE, NULL)) return -1;
     } else {
         if (run_mat(c, &d->wbeta, NULL, c->h, E, c->braw, nv, T, MV_STORE, NULL)) return -1;
         if (run_mat(c, &d->walpha, NULL, c->h, E, c->araw, nv, T, MV_STORE, NULL)) return -1;
     }
-    k_gdn_prep<<<(T * nv + 127) / 128, 128, 0, c->cs>>>(d->wba.d ? c->ba : NULL, c->braw, c->araw, d->dt_bias, d->ssm_a, c->beta,
-                                                      c->gg, T, nv, nk);
-    k_conv<<<(cd + 127) / 128, 128, 0, c->cs>>>(c->a, d->conv_state, d->conv1d, c->qkv, T, cd, hp->d_conv);
-    k_l2norm<<<dim3((unsigned)T, (unsigned)(2 * nk)), 32, 0, c->cs>>>(c->qkv, cd, dk, hp->norm_eps);
+    const int nb = 2 * nk + (cd - 2 * nk * dk + 255) / 256 + 1; /* d_k <= 256: check_model */
+    k_gdn_in<<<nb, 256, 0, c->cs>>>(c->a, lda, d->conv_state, d->conv1d, c->qkv, T, cd, hp->d_conv, nk, dk, hp->norm_eps,
+                                    d->wba.d ? c->ba : NULL, c->braw, c->araw, d->dt_bias, d->ssm_a, c->beta, c->gg, nv);
     dim3 grid((unsigned)nv, (unsigned)((dv + GDN_WARPS - 1) / GDN_WARPS));
 #define SCAN(J) \
     k_gdn_scan<J><<<grid, GDN_WARPS * 32, 0, c->cs>>>(d->ssm_state, c->qkv, c->gg, c->beta, c->gdn_o, T, nk, nv, dk, dv, cd, hp->gdn_interleave)
@@ -1259,7 +1653,7 @@ static int gated_deltanet(cu_ctx *c, const dlayer *d, int T) {
     else if (dk <= 128) SCAN(4);
     else SCAN(8);
 #undef SCAN
-    k_gated_norm<<<dim3((unsigned)T, (unsigned)nv), 64, 0, c->cs>>>(c->gdn_o, c->z, d->ssm_norm, nv, dv, hp->norm_eps);
+    k_gated_norm<<<dim3((unsigned)T, (unsigned)nv), 64, 0, c->cs>>>(c->gdn_o, zp, ldz, d->ssm_norm, nv, dv, hp->norm_eps);
     return run_mat(c, &d->ssm_out, NULL, c->gdn_o, vd, c->x, E, T, MV_ADD, NULL);
 }
 
@@ -1312,6 +1706,7 @@ typedef struct stage_job {
     const dlayer *d;
     const ms_expert_ref *refs;
     uint8_t *const *dst;
+    cudaEvent_t *ev;
     int base; /* first miss of this batch */
 } stage_job;
 
@@ -1331,18 +1726,19 @@ static void stage_task(void *ctx, int i, int thread) {
     memcpy(st + d->off_down, j->refs[k].down, d->sz_down);
     cudaMemcpyAsync(j->dst[k], st, d->off_down + d->sz_down, cudaMemcpyHostToDevice, c->xs);
     cudaEventRecord(c->stage_ev[si], c->xs);
-    cudaEventRecord(c->ev_copy[k], c->xs);
+    cudaEventRecord(j->ev[k], c->xs);
 }
 
 /* Queues the host-to-VRAM copies of n experts of layer il into slots dst[0..n), recording
- * ev_copy[i] after copy i. The store is asked for a few experts at a time (its cache may hold
- * only so many pinned at once); bytes in page-locked memory are copied in place and released
- * once the copies are done (flush_pending), others go through the staging buffers. */
-static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **dst, int n, ms_err *e) {
-    if (c->pend.n && c->pend.il != il) flush_pending(c);
+ * ev[i] after copy i. The store is asked for a few experts at a time (its cache may hold only
+ * so many pinned at once); bytes in page-locked memory are copied in place and stay pinned in
+ * pd (empty, or of layer il) until the copies are done, others go through the staging buffers. */
+static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **dst, int n, pending *pd, cudaEvent_t *ev,
+                        ms_err *e) {
     c->timing.cache_bytes_in += (uint64_t)n * (d->sz_gate + d->sz_up + d->sz_down);
-    for (int b = 0; b < n; b += c->n_stage) {
-        const int nb = MS_MIN(c->n_stage, n - b);
+    const int step = MS_MAX(1, MS_MIN(c->n_stage, experts_capacity(c->store) / 2));
+    for (int b = 0; b < n; b += step) {
+        const int nb = MS_MIN(step, n - b);
         int rc = experts_acquire(c->store, il, ids + b, nb, c->refs + b, e);
         if (rc) return rc;
         int direct = c->n_reg > 0;
@@ -1354,13 +1750,13 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
                 CK(cudaMemcpyAsync(dst[i], c->refs[i].gate, d->sz_gate, cudaMemcpyHostToDevice, c->xs));
                 CK(cudaMemcpyAsync(dst[i] + d->off_up, c->refs[i].up, d->sz_up, cudaMemcpyHostToDevice, c->xs));
                 CK(cudaMemcpyAsync(dst[i] + d->off_down, c->refs[i].down, d->sz_down, cudaMemcpyHostToDevice, c->xs));
-                CK(cudaEventRecord(c->ev_copy[i], c->xs));
+                CK(cudaEventRecord(ev[i], c->xs));
             }
-            memcpy(c->pend.ids + c->pend.n, ids + b, sizeof(int) * (size_t)nb);
-            c->pend.il = il;
-            c->pend.n += nb;
+            memcpy(pd->ids + pd->n, ids + b, sizeof(int) * (size_t)nb);
+            pd->il = il;
+            pd->n += nb;
         } else {
-            stage_job j = {c, d, c->refs, dst, b};
+            stage_job j = {c, d, c->refs, dst, ev, b};
             pool_run(c->pool, stage_task, &j, nb);
             c->stage_head = (c->stage_head + nb) % c->n_stage;
             experts_release(c->store, il, ids + b, nb);
@@ -1370,10 +1766,82 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
     return MS_OK;
 }
 
+/* ---------------------------------------------------------------- router lookahead */
+
+
+/* Whether layer il's layer_pre runs layer il + 1's router too (and layer_post prefetches). The
+ * same answer at capture and at replay: it depends only on the context, il and T. */
+static int looks_ahead(const cu_ctx *c, int il, int T) {
+    return c->lookahead && T == 1 && il + 1 < c->m->hp.n_layer && c->L[il + 1].router.d;
+}
+
+static void pf_release(cu_ctx *c, pending *p) {
+    if (p->n) experts_release(c->store, p->il, p->ids, p->n);
+    p->n = 0;
+}
+
+/* Forgets any prefetch (after a failed batch, at the end): waits for the copy stream, releases
+ * the store pins, unmarks the slots. */
+static void pf_drop(cu_ctx *c) {
+    if (c->pf_il < 0 && !c->pf_cur.n && !c->pf_old.n) return;
+    cudaStreamSynchronize(c->xs);
+    pf_release(c, &c->pf_old);
+    pf_release(c, &c->pf_cur);
+    for (int i = 0; i < c->n_pf; i++) c->slot_pf[c->pf_slots[i]] = -1;
+    c->n_pf = 0;
+    c->pf_il = -1;
+}
+
+/* After layer il's experts are queued: the ids layer_pre predicted for layer il + 1 (its router
+ * on layer il's residual, as forward.c's lookahead), and copies of those not in VRAM on the copy
+ * stream behind layer il's misses. Their slots come from cache_victim, which spares every slot
+ * of layer il's wave; the predicted experts already resident join that wave so that this
+ * prefetch does not evict them either. moe_host of layer il + 1 finds them with slot_pf set and
+ * waits for their copy events. */
+static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
+    const ms_hparams *hp = &c->m->hp;
+    const int NE = hp->n_expert, K = hp->n_expert_used, nx = il + 1;
+    CK(cudaEventSynchronize(c->ev_look));
+    /* three layers' experts may be pinned in the store at once (this layer's misses, the last
+     * prefetch, this one): skip when its cache is too small for that */
+    if (c->pf_il >= 0 || c->pf_cur.n || experts_capacity(c->store) < 4 * K) return MS_OK;
+    int *ids = c->order; /* free until the next moe_host */
+    uint8_t **dst = c->miss_dst;
+    int n = 0;
+    for (int k = 0; k < K; k++) {
+        const int key = nx * NE + c->h_look[k];
+        int s = c->map_slot[key];
+        if (s < 0) {
+            s = cache_victim(c);
+            if (s < 0) break;
+            if (c->slot_owner[s] >= 0) c->map_slot[c->slot_owner[s]] = -1;
+            c->slot_owner[s] = key;
+            c->map_slot[key] = s;
+            c->slot_pf[s] = n;
+            c->pf_slots[n] = s;
+            ids[n] = c->h_look[k];
+            dst[n] = slot_ptr(c, s);
+            n++;
+        }
+        c->slot_wave[s] = c->wave;
+    }
+    c->pf_il = nx;
+    c->n_pf = n;
+    if (!n) return MS_OK;
+    c->prefetches += (uint64_t)n;
+    c->timing.cache_prefetches += (uint64_t)n;
+    int rc = issue_copies(c, &c->L[nx], nx, ids, dst, n, &c->pf_cur, c->ev_pf, e);
+    if (rc) return rc;
+    CK(cudaEventRecord(c->ev_pf_done, c->xs));
+    return MS_OK;
+}
+
 /* ---------------------------------------------------------------- mixture of experts */
 
-/* Upload block layout (device c->x_idx.. and host mirror): x_idx[T*K], slot_of[T*K], slot_w[T*K],
- * then the groups: up groups of a wave at [0, n), down groups at [n, 2n). */
+/* The upload block (device c->x_idx, host c->h_x_idx), for a batch of T tokens (TK = T * K
+ * slots): x_idx[TK] (token of each slot), slot_of[TK] (slot of each (token, k)), slot_w[TK]
+ * (router weight of each slot), one copy per layer. The groups go to c->grp_up: a wave's up
+ * groups at [0, n), its down groups at [n, 2n). */
 
 /* The experts of one layer with host routing: group the batch's slots by expert (ascending
  * ids, as forward.c), then waves of experts that fit in the cache at once. */
@@ -1391,23 +1859,28 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
         slots += c->exp_count[x];
         n_exp++;
     }
+    int *h_slot_of = c->h_x_idx + TK, *d_slot_of = c->x_idx + TK;
+    float *h_slot_w = (float *)(c->h_x_idx + 2 * TK), *d_slot_w = (float *)(c->x_idx + 2 * TK);
     for (int i = 0; i < n_exp; i++) c->fill[i] = c->exp_first[i];
     for (int t = 0; t < T; t++)
         for (int k = 0; k < K; k++) {
             const int s = c->fill[c->exp_index[c->h_sel[t * K + k]]]++;
             c->h_x_idx[s] = t;
-            c->h_slot_w[s] = c->h_selw[t * K + k];
-            c->h_slot_of[t * K + k] = s;
+            h_slot_w[s] = c->h_selw[t * K + k];
+            h_slot_of[t * K + k] = s;
         }
     for (int i = 0; i < n_exp; i++) c->exp_count[i] = c->fill[i] - c->exp_first[i];
     CK(cudaMemcpyAsync(c->x_idx, c->h_x_idx, sizeof(int) * (size_t)TK * 3, cudaMemcpyHostToDevice, c->cs));
 
+    if (c->pend.n && c->pend.il != il) flush_pending(c);
+    const int pf = c->pf_il == il; /* the prefetch made while the previous layer computed is for this one */
     int done = 0;
-    int *hit = c->order, *miss = c->order + NE;
+    int *hit = c->order, *got = c->order + NE, *miss = c->order + 2 * NE;
     while (done < n_exp) {
         c->wave++;
-        int n_hit = 0, n_miss = 0;
-        /* hits first, so their kernels start while the misses are still on the way */
+        int n_hit = 0, n_got = 0, n_miss = 0, last_pf = -1;
+        /* hits first, so their kernels start while the misses are still on the way; then the
+         * prefetched experts (their copies were queued first), then the misses */
         for (; done < n_exp; done++) {
             const int key = il * NE + c->exp_ids[done];
             int s = c->map_slot[key];
@@ -1417,7 +1890,14 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
                 if (c->slot_owner[s] >= 0) c->map_slot[c->slot_owner[s]] = -1;
                 c->slot_owner[s] = key;
                 c->map_slot[key] = s;
+                if (c->slot_pf) c->slot_pf[s] = -1;
                 miss[n_miss++] = done;
+            } else if (pf && c->slot_pf[s] >= 0) {
+                /* a prefetch hit counts apart from the hits, as the CPU's prefetch_used */
+                got[n_got++] = done;
+                last_pf = MS_MAX(last_pf, c->slot_pf[s]);
+                c->prefetch_used++;
+                c->timing.cache_prefetch_used++;
             } else {
                 hit[n_hit++] = done;
                 c->timing.cache_hits++;
@@ -1426,18 +1906,17 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
             c->timing.cache_requests++;
             cache_request(c, key);
         }
-        const int n = n_hit + n_miss;
+        const int n = n_hit + n_got + n_miss;
         mv_group *gu = c->h_grp_up, *gd = c->h_grp_up + n;
-        int max_hit = 0, max_all = 0;
+        int max_hit = 0, max_got = 0;
         for (int j = 0; j < n; j++) {
-            const int i = j < n_hit ? hit[j] : miss[j - n_hit];
+            const int i = j < n_hit ? hit[j] : j < n_hit + n_got ? got[j - n_hit] : miss[j - n_hit - n_got];
             const uint8_t *b = slot_ptr(c, c->map_slot[il * NE + c->exp_ids[i]]);
             gu[j].w = b, gu[j].w2 = b + d->off_up, gu[j].s0 = c->exp_first[i], gu[j].ns = c->exp_count[i];
             gd[j].w = b + d->off_down, gd[j].w2 = NULL, gd[j].s0 = c->exp_first[i], gd[j].ns = c->exp_count[i];
             if (j < n_hit) max_hit = MS_MAX(max_hit, c->exp_count[i]);
-            max_all = MS_MAX(max_all, c->exp_count[i]);
+            else if (j < n_hit + n_got) max_got = MS_MAX(max_got, c->exp_count[i]);
         }
-        (void)max_all;
         CK(cudaMemcpyAsync(c->grp_up, c->h_grp_up, sizeof(mv_group) * (size_t)2 * n, cudaMemcpyHostToDevice, c->cs));
         /* the misses' copies, on the copy stream */
         int *mids = c->exp_index; /* free again after the grouping above */
@@ -1446,14 +1925,21 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
             mids[j] = c->exp_ids[miss[j]];
             mdst[j] = (uint8_t *)slot_ptr(c, c->map_slot[il * NE + mids[j]]);
         }
-        int rc = issue_copies(c, d, il, mids, mdst, n_miss, e);
+        int rc = issue_copies(c, d, il, mids, mdst, n_miss, &c->pend, c->ev_copy, e);
         if (rc) return rc;
         const mv_group *dgu = c->grp_up, *dgd = c->grp_up + n;
-        if (n_hit && run_experts(c, ly, dgu, dgd, n_hit, max_hit, T, c->slot_w)) return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        if (n_hit && run_experts(c, ly, dgu, dgd, n_hit, max_hit, T, d_slot_w)) return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        if (n_got) {
+            /* one launch behind the last of their copies: they were queued a layer ago, so the
+             * copy engine is usually done with all of them */
+            CK(cudaStreamWaitEvent(c->cs, c->ev_pf[last_pf], 0));
+            if (run_experts(c, ly, dgu + n_hit, dgd + n_hit, n_got, max_got, T, d_slot_w))
+                return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        }
         for (int j = 0; j < n_miss; j++) {
-            const int i = miss[j];
+            const int i = miss[j], g = n_hit + n_got + j;
             CK(cudaStreamWaitEvent(c->cs, c->ev_copy[j], 0));
-            if (run_experts(c, ly, dgu + n_hit + j, dgd + n_hit + j, 1, c->exp_count[i], T, c->slot_w))
+            if (run_experts(c, ly, dgu + g, dgd + g, 1, c->exp_count[i], T, d_slot_w))
                 return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
         }
         if (done < n_exp) {
@@ -1462,23 +1948,105 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
             flush_pending(c);
         }
     }
+    if (pf) {
+        /* The prefetch is used up. The compute stream waits for its last copy, so no later
+         * kernel can read a slot a mispredicted copy is still filling, and its store pins can go
+         * once the host has seen the next router (layer_post). */
+        if (c->n_pf) CK(cudaStreamWaitEvent(c->cs, c->ev_pf_done, 0));
+        for (int i = 0; i < c->n_pf; i++) c->slot_pf[c->pf_slots[i]] = -1;
+        c->n_pf = 0;
+        c->pf_il = -1;
+        pending t = c->pf_old; /* empty: layer_post released it */
+        c->pf_old = c->pf_cur;
+        c->pf_cur = t;
+    }
     if (T > 1) {
         const size_t n = (size_t)T * hp->n_embd;
-        k_combine<<<(unsigned)((n + 255) / 256), 256, 0, c->cs>>>(c->x, c->ybuf, c->selw, c->slot_of, T, K, hp->n_embd);
+        k_combine<<<(unsigned)((n + 255) / 256), 256, 0, c->cs>>>(c->x, c->ybuf, c->selw, d_slot_of, T, K, hp->n_embd);
     }
     return MS_OK;
 }
 
-static int moe(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms_err *e) {
+/* The part of a layer that needs no routing decision: norms, attention or Gated DeltaNet,
+ * router, top-k (copied to the host when it routes), shared expert. Nothing here waits on the
+ * host, so decode can replay it as a per-layer graph. */
+static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
     const ms_hparams *hp = &c->m->hp;
     const int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
-    if (run_mat(c, &d->router, NULL, c->h, E, c->router, NE, T, MV_STORE, NULL)) return ms_fail(e, MS_ERR_UNSUPPORTED, "router launch failed");
-    k_topk<<<T, 256, sizeof(float) * NE, c->cs>>>(c->router, NE, K, hp->norm_topk, hp->expert_weights_scale, c->sel, c->selw);
+    tev_record(c, il, 0);
+    k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->attn_norm, E, hp->norm_eps);
+    int bad = d->kind == MS_LAYER_ATTN ? attention(c, d, T) : gated_deltanet(c, d, T);
+    if (bad) return ms_fail(e, MS_ERR_UNSUPPORTED, "layer %d: kernel launch failed", il);
+    tev_record(c, il, 1);
+    k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->ffn_norm, E, hp->norm_eps);
     const int host = !(c->resident && T == 1);
+    topk_args tk;
+    memset(&tk, 0, sizeof tk);
+    tk.K = K;
+    tk.norm = hp->norm_topk;
+    tk.scale = hp->expert_weights_scale;
+    tk.sel = c->sel;
+    tk.selw = c->selw;
+    if (!host) {
+        tk.base = c->exp_base + (size_t)il * NE;
+        tk.off_up = d->off_up;
+        tk.off_down = d->off_down;
+        tk.up = c->grp_up;
+        tk.down = c->grp_up + K;
+    }
+    if (T == 1) {
+        /* one token: the router product's last block runs the top-k */
+        mv_args a;
+        memset(&a, 0, sizeof a);
+        a.g.w = d->router.d;
+        a.g.ns = 1;
+        a.n_groups = 1;
+        a.row_bytes = d->router.row_bytes;
+        a.n_in = d->router.n_in;
+        a.n_out = d->router.n_out;
+        a.x = c->h;
+        a.ldx = E;
+        a.y = c->router;
+        a.ldy = NE;
+        a.mode = MV_STORE;
+        a.tail_done = c->d_done;
+        a.tk = tk;
+        if (launch_mat(d->router.type, a, 1, 1, c->cs)) return ms_fail(e, MS_ERR_UNSUPPORTED, "router launch failed");
+    } else {
+        if (run_mat(c, &d->router, NULL, c->h, E, c->router, NE, T, MV_STORE, NULL)) return ms_fail(e, MS_ERR_UNSUPPORTED, "router launch failed");
+        k_topk<<<T, 32, 0, c->cs>>>(c->router, NE, tk);
+    }
     if (host) {
         CK(cudaMemcpyAsync(c->h_sel, c->sel, sizeof(int) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
         CK(cudaMemcpyAsync(c->h_selw, c->selw, sizeof(float) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
-        CK(cudaEventRecord(c->ev_route, c->cs));
+        /* inside a graph capture only an external record makes a node the host can wait on */
+        CK(c->capturing ? cudaEventRecordWithFlags(c->ev_route, c->cs, cudaEventRecordExternal) : cudaEventRecord(c->ev_route, c->cs));
+    }
+    if (looks_ahead(c, il, T)) {
+        /* the next layer's router on this residual, before this layer's experts add to it (as
+         * forward.c's lookahead); its top-k goes to the host for prefetch_next */
+        const dlayer *dn = &c->L[il + 1];
+        k_rmsnorm<<<1, 512, 0, c->cs>>>(c->x, E, c->look_h, E, dn->ffn_norm, E, hp->norm_eps);
+        mv_args a;
+        memset(&a, 0, sizeof a);
+        a.g.w = dn->router.d;
+        a.g.ns = 1;
+        a.n_groups = 1;
+        a.row_bytes = dn->router.row_bytes;
+        a.n_in = dn->router.n_in;
+        a.n_out = dn->router.n_out;
+        a.x = c->look_h;
+        a.ldx = E;
+        a.y = c->look_logits;
+        a.ldy = NE;
+        a.mode = MV_STORE;
+        a.tail_done = c->d_done;
+        a.tk.K = K;
+        a.tk.sel = c->look_sel;
+        a.tk.selw = c->look_selw;
+        if (launch_mat(dn->router.type, a, 1, 1, c->cs)) return ms_fail(e, MS_ERR_UNSUPPORTED, "lookahead router launch failed");
+        CK(cudaMemcpyAsync(c->h_look, c->look_sel, sizeof(int) * (size_t)K, cudaMemcpyDeviceToHost, c->cs));
+        CK(c->capturing ? cudaEventRecordWithFlags(c->ev_look, c->cs, cudaEventRecordExternal) : cudaEventRecord(c->ev_look, c->cs));
     }
     tev_record(c, il, 2);
     /* the shared expert needs no routing: queued now, it runs while the host looks experts up */
@@ -1498,55 +2066,131 @@ static int moe(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms
                        d->sh_router.d ? c->sh_gate : NULL);
         if (bad) return ms_fail(e, MS_ERR_UNSUPPORTED, "shared expert launch failed");
     }
-    if (!host) {
-        /* every expert resident: route on the GPU */
+    return MS_OK;
+}
+
+/* The routed experts of a layer, after layer_pre. */
+static int layer_post(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms_err *e) {
+    const ms_hparams *hp = &c->m->hp;
+    const int NE = hp->n_expert, K = hp->n_expert_used;
+    if (c->resident && T == 1) {
+        /* every expert resident: the top-k wrote the groups */
         mv_group *gu = c->grp_up, *gd = c->grp_up + K;
-        k_route_resident<<<1, MAX_TOPK, 0, c->cs>>>(c->sel, c->exp_base + (size_t)il * NE, d->off_up, d->off_down, K, gu, gd);
+        (void)NE;
         c->timing.cache_requests += (uint64_t)K;
         c->timing.cache_hits += (uint64_t)K;
         if (run_experts(c, ly, gu, gd, K, 1, 1, c->selw)) return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        tev_record(c, il, 3);
         return MS_OK;
     }
     CK(cudaEventSynchronize(c->ev_route));
     flush_pending(c); /* the previous layer's copies are done: its kernels ran before the router */
-    return moe_host(c, ly, d, il, T, e);
+    pf_release(c, &c->pf_old); /* so are those of the prefetch it used (moe_host waited for them) */
+    int rc = moe_host(c, ly, d, il, T, e);
+    tev_record(c, il, 3);
+    if (!rc && looks_ahead(c, il, T)) rc = prefetch_next(c, il, e);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- driver */
 
-static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, ms_err *e) {
+/* Queues a batch's forward pass on the compute stream, through the copy of the first
+ * LOGIT_ROWS rows of logits (rows first..T-1) into logits_pin. The host waits only inside
+ * host-routed MoE layers, so with every expert resident one token queues without a wait and can
+ * be captured as a graph. */
+static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
     const struct ms_model *m = c->m;
     const ms_hparams *hp = &m->hp;
     const int E = hp->n_embd, nv = hp->n_vocab;
-    const double t0 = ms_time();
-    memcpy(c->h_tok, tokens, sizeof(int) * (size_t)T);
     CK(cudaMemcpyAsync(c->tok, c->h_tok, sizeof(int) * (size_t)T, cudaMemcpyHostToDevice, c->cs));
+    CK(cudaMemcpyAsync(c->d_pos, c->h_pos, sizeof(int), cudaMemcpyHostToDevice, c->cs));
     launch_rows(c->tok_embd.type, c->tok_embd.d, c->tok_embd.row_bytes, c->tok, c->x, E, T, c->cs);
+    /* decode with host routing: each layer's first part is one captured graph, replayed */
+    const int layer_graphs = c->use_graph && T == 1 && !c->resident && !c->timing_on;
     for (int il = 0; il < hp->n_layer; il++) {
         const ms_layer *ly = &m->layers[il];
         const dlayer *d = &c->L[il];
-        tev_record(c, il, 0);
-        k_rmsnorm<<<T, 256, 0, c->cs>>>(c->x, E, c->h, E, d->attn_norm, E, hp->norm_eps);
-        int bad = d->kind == MS_LAYER_ATTN ? attention(c, d, T) : gated_deltanet(c, d, T);
-        if (bad) return ms_fail(e, MS_ERR_UNSUPPORTED, "layer %d: kernel launch failed", il);
-        tev_record(c, il, 1);
-        k_rmsnorm<<<T, 256, 0, c->cs>>>(c->x, E, c->h, E, d->ffn_norm, E, hp->norm_eps);
-        int rc = moe(c, ly, d, il, T, e);
-        if (rc) return rc;
-        tev_record(c, il, 3);
+        int rc;
+        if (layer_graphs && !c->lgraph[il]) {
+            cudaGraph_t g = NULL;
+            CK(cudaStreamBeginCapture(c->cs, cudaStreamCaptureModeThreadLocal));
+            c->capturing = 1;
+            rc = layer_pre(c, d, il, T, e);
+            c->capturing = 0;
+            cudaError_t r2 = cudaStreamEndCapture(c->cs, &g);
+            if (rc || r2 != cudaSuccess) {
+                if (g) cudaGraphDestroy(g);
+                cudaGetLastError();
+                return rc ? rc : cuda_fail(e, r2, "cudaStreamEndCapture");
+            }
+            r2 = cudaGraphInstantiate(&c->lgraph[il], g, 0);
+            cudaGraphDestroy(g);
+            if (r2 != cudaSuccess) {
+                c->lgraph[il] = NULL;
+                return cuda_fail(e, r2, "cudaGraphInstantiate");
+            }
+        }
+        if (layer_graphs) CK(cudaGraphLaunch(c->lgraph[il], c->cs));
+        else if ((rc = layer_pre(c, d, il, T, e))) return rc;
+        if ((rc = layer_post(c, ly, d, il, T, e))) return rc;
     }
     CK(cudaGetLastError());
+    const int rows = T - first, n = MS_MIN(LOGIT_ROWS, rows);
+    k_rmsnorm<<<rows, 512, 0, c->cs>>>(c->x + (size_t)first * E, E, c->h, E, c->output_norm, E, hp->norm_eps);
+    if (run_mat(c, &c->output, NULL, c->h, E, c->dlogits, nv, n, MV_STORE, NULL))
+        return ms_fail(e, MS_ERR_UNSUPPORTED, "lm_head launch failed");
+    CK(cudaMemcpyAsync(c->logits_pin, c->dlogits, sizeof(float) * (size_t)n * nv, cudaMemcpyDeviceToHost, c->cs));
+    return MS_OK;
+}
+
+static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, ms_err *e) {
+    const ms_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd, nv = hp->n_vocab;
+    const double t0 = ms_time();
+    memcpy(c->h_tok, tokens, sizeof(int) * (size_t)T);
+    *c->h_pos = c->pos;
     const int first = all_logits ? 0 : T - 1, rows = T - first;
-    k_rmsnorm<<<rows, 256, 0, c->cs>>>(c->x + (size_t)first * E, E, c->h, E, c->output_norm, E, hp->norm_eps);
-    for (int r0 = 0; r0 < rows; r0 += LOGIT_ROWS) {
-        const int n = MS_MIN(LOGIT_ROWS, rows - r0);
-        if (run_mat(c, &c->output, NULL, c->h + (size_t)r0 * E, E, c->dlogits, nv, n, MV_STORE, NULL))
-            return ms_fail(e, MS_ERR_UNSUPPORTED, "lm_head launch failed");
-        CK(cudaMemcpyAsync(c->logits_pin, c->dlogits, sizeof(float) * (size_t)n * nv, cudaMemcpyDeviceToHost, c->cs));
-        CK(cudaStreamSynchronize(c->cs));
-        if (rows > LOGIT_ROWS) memcpy(c->logits_host + (size_t)r0 * nv, c->logits_pin, sizeof(float) * (size_t)n * nv);
+    const int graphable = c->use_graph && c->resident && T == 1 && !c->timing_on;
+    if (graphable && c->graph) {
+        /* the same kernels as the captured token; the position and token come from h_pos/h_tok */
+        CK(cudaGraphLaunch(c->graph, c->cs));
+        c->timing.cache_requests += (uint64_t)hp->n_layer * hp->n_expert_used;
+        c->timing.cache_hits += (uint64_t)hp->n_layer * hp->n_expert_used;
+    } else if (graphable) {
+        cudaGraph_t g = NULL;
+        CK(cudaStreamBeginCapture(c->cs, cudaStreamCaptureModeThreadLocal));
+        int rc = enqueue_batch(c, T, first, e);
+        cudaError_t r2 = cudaStreamEndCapture(c->cs, &g);
+        if (rc || r2 != cudaSuccess) {
+            if (g) cudaGraphDestroy(g);
+            cudaGetLastError();
+            return rc ? rc : cuda_fail(e, r2, "cudaStreamEndCapture");
+        }
+        r2 = cudaGraphInstantiate(&c->graph, g, 0);
+        cudaGraphDestroy(g);
+        if (r2 != cudaSuccess) {
+            c->graph = NULL;
+            return cuda_fail(e, r2, "cudaGraphInstantiate");
+        }
+        CK(cudaGraphLaunch(c->graph, c->cs));
+    } else {
+        int rc = enqueue_batch(c, T, first, e);
+        if (rc) return rc;
+    }
+    CK(cudaStreamSynchronize(c->cs));
+    if (rows > LOGIT_ROWS) {
+        memcpy(c->logits_host, c->logits_pin, sizeof(float) * (size_t)LOGIT_ROWS * nv);
+        for (int r0 = LOGIT_ROWS; r0 < rows; r0 += LOGIT_ROWS) {
+            const int n = MS_MIN(LOGIT_ROWS, rows - r0);
+            if (run_mat(c, &c->output, NULL, c->h + (size_t)r0 * E, E, c->dlogits, nv, n, MV_STORE, NULL))
+                return ms_fail(e, MS_ERR_UNSUPPORTED, "lm_head launch failed");
+            CK(cudaMemcpyAsync(c->logits_pin, c->dlogits, sizeof(float) * (size_t)n * nv, cudaMemcpyDeviceToHost, c->cs));
+            CK(cudaStreamSynchronize(c->cs));
+            memcpy(c->logits_host + (size_t)r0 * nv, c->logits_pin, sizeof(float) * (size_t)n * nv);
+        }
     }
     flush_pending(c);
+    pf_release(c, &c->pf_old); /* the last layer's compute waited for its copies */
     c->logits_rows = rows > LOGIT_ROWS ? c->logits_host : c->logits_pin;
     c->n_logits = rows;
     c->pos += T;
@@ -1591,6 +2235,7 @@ static int cu_eval(void *ctx, const int32_t *tokens, int n, int all_logits, ms_e
             cudaStreamSynchronize(c->cs);
             cudaStreamSynchronize(c->xs);
             flush_pending(c);
+            pf_drop(c);
             return rc;
         }
         done += T;
@@ -1687,6 +2332,7 @@ static void cu_destroy(void *ctx) {
     if (c->cs) cudaStreamSynchronize(c->cs);
     if (c->xs) cudaStreamSynchronize(c->xs);
     flush_pending(c);
+    if (c->slot_pf) pf_drop(c);
     pool_free(c->pool);
     for (int i = 0; i < c->n_reg; i++) cudaHostUnregister((void *)c->reg_lo[i]);
     ms_free(c->reg_lo);
@@ -1696,6 +2342,12 @@ static void cu_destroy(void *ctx) {
         for (int i = 0; i < NE; i++)
             if (c->ev_copy[i]) cudaEventDestroy(c->ev_copy[i]);
     ms_free(c->ev_copy);
+    if (c->ev_pf)
+        for (int i = 0; i < NE; i++)
+            if (c->ev_pf[i]) cudaEventDestroy(c->ev_pf[i]);
+    ms_free(c->ev_pf);
+    if (c->ev_pf_done) cudaEventDestroy(c->ev_pf_done);
+    if (c->ev_look) cudaEventDestroy(c->ev_look);
     if (c->stage_ev)
         for (int i = 0; i < c->n_stage; i++)
             if (c->stage_ev[i]) cudaEventDestroy(c->stage_ev[i]);
@@ -1711,8 +2363,15 @@ static void cu_destroy(void *ctx) {
     cudaFree(c->slots);
     cudaFreeHost(c->staging);
     cudaFreeHost(c->h_tok);
+    cudaFreeHost(c->h_pos);
+    if (c->graph) cudaGraphExecDestroy(c->graph);
+    if (c->lgraph)
+        for (int i = 0; i < c->m->hp.n_layer; i++)
+            if (c->lgraph[i]) cudaGraphExecDestroy(c->lgraph[i]);
+    ms_free(c->lgraph);
     cudaFreeHost(c->h_sel);
     cudaFreeHost(c->h_selw);
+    cudaFreeHost(c->h_look);
     cudaFreeHost(c->h_x_idx);
     cudaFreeHost(c->h_grp_up);
     cudaFreeHost(c->logits_pin);
@@ -1727,6 +2386,10 @@ static void cu_destroy(void *ctx) {
     ms_free(c->miss_dst);
     ms_free(c->refs);
     ms_free(c->pend.ids);
+    ms_free(c->pf_cur.ids);
+    ms_free(c->pf_old.ids);
+    ms_free(c->pf_slots);
+    ms_free(c->slot_pf);
     ms_free(c->slot_owner);
     ms_free(c->slot_wave);
     ms_free(c->map_slot);
@@ -1773,11 +2436,6 @@ static int check_model(const struct ms_model *m, ms_err *e) {
     return MS_OK;
 }
 
-static uint64_t env_u64(const char *name, uint64_t def) {
-    const char *v = getenv(name);
-    if (!v || !*v) return def;
-    return strtoull(v, NULL, 10);
-}
 
 /* Loads every expert into its slot (the cache holds them all). */
 static int preload(cu_ctx *c, ms_err *e) {
@@ -1786,10 +2444,11 @@ static int preload(cu_ctx *c, ms_err *e) {
     const uint8_t **base = (const uint8_t **)ms_malloc(sizeof(void *) * (size_t)hp->n_layer * NE);
     if (!base) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
     int ids[32];
+    const int step = MS_MAX(1, MS_MIN(32, experts_capacity(c->store) / 2));
     for (int il = 0; il < hp->n_layer; il++) {
         const dlayer *d = &c->L[il];
-        for (int x0 = 0; x0 < NE; x0 += 32) {
-            const int n = MS_MIN(32, NE - x0);
+        for (int x0 = 0; x0 < NE; x0 += step) {
+            const int n = MS_MIN(step, NE - x0);
             for (int i = 0; i < n; i++) ids[i] = x0 + i;
             int rc = experts_acquire(c->store, il, ids, n, c->refs, e);
             if (rc) {
@@ -1896,6 +2555,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     c->n_ctx = p->n_ctx;
     c->n_batch = MS_MIN(p->n_batch, p->n_ctx);
     c->rng = 0x9E3779B97F4A7C15ull;
+    c->pf_il = -1;
     for (int i = 0; i < MS_N_CHECKPOINTS; i++) c->ckpt[i].pos = -1;
     CKC(cudaSetDevice(c->dev));
     const int NE = hp->n_expert, K = hp->n_expert_used;
@@ -1950,6 +2610,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     }
     CKC(cudaMalloc((void **)&c->slots, n_slots * c->slot_bytes));
     CKC(cudaMemset(c->states, 0, sizeof(float) * (c->state_floats ? c->state_floats : 1)));
+    CKC(cudaMemset(c->d_done, 0, sizeof(int)));
     CKC(cudaStreamCreateWithFlags(&c->cs, cudaStreamNonBlocking));
     CKC(cudaStreamCreateWithFlags(&c->xs, cudaStreamNonBlocking));
     CKC(cudaEventCreateWithFlags(&c->ev_route, cudaEventDisableTiming));
@@ -1957,6 +2618,11 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     if (!c->ev_copy) FAIL_NOMEM("events");
     for (int i = 0; i < NE; i++) CKC(cudaEventCreateWithFlags(&c->ev_copy[i], cudaEventDisableTiming));
     c->timing_on = env_u64("MS_CUDA_TIMING", 0) != 0;
+    c->use_graph = env_u64("MS_CUDA_GRAPHS", 1) != 0;
+    mv_wide_rows = (long long)env_u64("MS_CUDA_WIDE_ROWS", 16384);
+    mv_min_items = (int)env_u64("MS_CUDA_MV_ITEMS", 128);
+    c->lgraph = (cudaGraphExec_t *)ms_calloc((size_t)hp->n_layer, sizeof(cudaGraphExec_t));
+    if (!c->lgraph) FAIL_NOMEM("graphs");
     if (c->timing_on) {
         c->tev = (cudaEvent_t *)ms_calloc((size_t)4 * hp->n_layer, sizeof(cudaEvent_t));
         if (!c->tev) FAIL_NOMEM("events");
@@ -1965,11 +2631,10 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     /* host buffers: pinned where the GPU copies to or from them */
     const size_t lrows = MS_MIN((size_t)LOGIT_ROWS, T);
     CKC(cudaMallocHost((void **)&c->h_tok, sizeof(int) * T));
+    CKC(cudaMallocHost((void **)&c->h_pos, sizeof(int)));
     CKC(cudaMallocHost((void **)&c->h_sel, sizeof(int) * T * K));
     CKC(cudaMallocHost((void **)&c->h_selw, sizeof(float) * T * K));
     CKC(cudaMallocHost((void **)&c->h_x_idx, sizeof(int) * 3 * T * K));
-    c->h_slot_of = c->h_x_idx + T * K;
-    c->h_slot_w = (float *)(c->h_x_idx + 2 * T * K);
     CKC(cudaMallocHost((void **)&c->h_grp_up, sizeof(mv_group) * 2 * (size_t)NE));
     CKC(cudaMallocHost((void **)&c->logits_pin, sizeof(float) * lrows * hp->n_vocab));
     c->history = (int32_t *)ms_calloc((size_t)c->n_ctx, sizeof(int32_t));
@@ -1979,7 +2644,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     c->exp_first = (int *)ms_calloc((size_t)NE, sizeof(int));
     c->exp_index = (int *)ms_calloc((size_t)NE, sizeof(int));
     c->fill = (int *)ms_calloc((size_t)NE, sizeof(int));
-    c->order = (int *)ms_calloc((size_t)2 * NE, sizeof(int));
+    c->order = (int *)ms_calloc((size_t)3 * NE, sizeof(int));
     c->miss_dst = (uint8_t **)ms_calloc((size_t)NE, sizeof(void *));
     c->refs = (ms_expert_ref *)ms_calloc((size_t)NE, sizeof(ms_expert_ref));
     c->pend.ids = (int *)ms_calloc((size_t)NE, sizeof(int));
@@ -1991,6 +2656,10 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         !c->fill || !c->order || !c->miss_dst || !c->refs || !c->pend.ids || !c->slot_owner || !c->slot_wave || !c->map_slot ||
         !c->freq)
         FAIL_NOMEM("host buffers");
+    c->host_bytes = sizeof *c + sizeof(int) * (T * (2 + 3 * K) + 1) + sizeof(float) * (T * K + lrows * hp->n_vocab) +
+                    sizeof(mv_group) * 2 * NE + sizeof(int32_t) * c->n_ctx + (T > LOGIT_ROWS ? sizeof(float) * T * hp->n_vocab : 0) +
+                    (sizeof(int) * 8 + sizeof(void *) + sizeof(ms_expert_ref)) * NE + (sizeof(int) + sizeof(uint32_t)) * n_slots +
+                    (sizeof(int) + sizeof(uint32_t)) * nkeys;
     for (size_t i = 0; i < n_slots; i++) c->slot_owner[i] = -1;
     for (size_t i = 0; i < nkeys; i++) c->map_slot[i] = -1;
     if (c->resident) {
@@ -2002,25 +2671,53 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         if (!env_u64("MS_CUDA_STAGING", 0)) try_register(c);
         c->n_stage = MS_MAX(2 * K, 16);
         CKC(cudaMallocHost((void **)&c->staging, (size_t)c->n_stage * c->slot_bytes));
+        c->host_bytes += (uint64_t)c->n_stage * c->slot_bytes;
         c->stage_ev = (cudaEvent_t *)ms_calloc((size_t)c->n_stage, sizeof(cudaEvent_t));
         if (!c->stage_ev) FAIL_NOMEM("events");
         for (int i = 0; i < c->n_stage; i++) CKC(cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming));
         int nth = p->n_threads > 0 ? p->n_threads : ms_cpu_count();
         c->pool = pool_new(MS_MAX(1, MS_MIN(8, nth)));
         if (!c->pool) FAIL_NOMEM("copy threads");
+        /* router lookahead: --lookahead (ms_backend_params.lookahead) or the default; MS_CUDA_LOOKAHEAD=0|1 overrides */
+        const char *la = getenv("MS_CUDA_LOOKAHEAD");
+        c->lookahead = la && *la ? atoi(la) != 0 : (p->lookahead || GPU_LOOKAHEAD_DEFAULT);
+    }
+    if (c->lookahead) {
+        CKC(cudaMallocHost((void **)&c->h_look, sizeof(int) * (size_t)K));
+        CKC(cudaEventCreateWithFlags(&c->ev_look, cudaEventDisableTiming));
+        CKC(cudaEventCreateWithFlags(&c->ev_pf_done, cudaEventDisableTiming));
+        c->ev_pf = (cudaEvent_t *)ms_calloc((size_t)NE, sizeof(cudaEvent_t));
+        c->pf_cur.ids = (int *)ms_calloc((size_t)NE, sizeof(int));
+        c->pf_old.ids = (int *)ms_calloc((size_t)NE, sizeof(int));
+        c->pf_slots = (int *)ms_calloc((size_t)NE, sizeof(int));
+        c->slot_pf = (int *)ms_malloc(sizeof(int) * n_slots);
+        if (!c->ev_pf || !c->pf_cur.ids || !c->pf_old.ids || !c->pf_slots || !c->slot_pf) FAIL_NOMEM("lookahead buffers");
+        for (size_t i = 0; i < n_slots; i++) c->slot_pf[i] = -1;
+        for (int i = 0; i < NE; i++) CKC(cudaEventCreateWithFlags(&c->ev_pf[i], cudaEventDisableTiming));
+        c->host_bytes += sizeof(int) * ((size_t)K + 3 * (size_t)NE + n_slots);
     }
     CKC(cudaDeviceSynchronize());
     return c;
 }
 
+/* Host memory of the context: pinned and plain buffers, staging, checkpoints (VRAM not counted). */
+static uint64_t cu_host_bytes(const void *ctx) {
+    const cu_ctx *c = (const cu_ctx *)ctx;
+    uint64_t n = c->host_bytes;
+    for (int i = 0; i < MS_N_CHECKPOINTS; i++)
+        if (c->ckpt[i].state) n += sizeof(float) * c->state_floats;
+    return n;
+}
+
 static const ms_backend cuda_backend = {
     "cuda", cu_create, cu_destroy, cu_eval, cu_logits, cu_n_logits, cu_pos, cu_n_ctx, cu_history,
-    cu_checkpoint, cu_resume_point, cu_truncate, cu_reset, cu_timing,
+    cu_checkpoint, cu_resume_point, cu_truncate, cu_reset, cu_timing, cu_host_bytes, NULL,
 };
 
 extern "C" const ms_backend *ms_backend_cuda(void) { return &cuda_backend; }
 
 /* ================================================================== test hooks (cuda.h) */
+
 
 extern "C" int cuda_device_count(char *msg, size_t cap) {
     int n = 0;

@@ -1,6 +1,7 @@
 /* cuda.h - what the CUDA backend (cuda.cu) exports besides ms_backend_cuda() (backend.h): a few
  * hooks that run one GPU kernel on host data, so tests can check the kernels against the scalar
- * CPU reference one at a time before whole models are compared.
+ * CPU reference one at a time before whole models are compared, and the router lookahead's
+ * counters for tests and benchmarks.
  *
  * Not here: the backend itself (backend.h's table). In builds without CUDA (backend_none.c) every
  * hook returns -1 and cuda_device_count() returns 0.

@@ -45,8 +45,19 @@ struct ms_fwd {
     int32_t *history;            /* [n_ctx]: the token at each position */
     uint64_t host_bytes;         /* everything allocated for this context */
     int lookahead;               /* prefetch the next layer's likely experts (decode) */
+    double *layer_time;          /* [n_layer][4]: attention, routing, expert wait, expert compute */
     float *look;                 /* [n_embd] the lookahead's normed hidden state */
     float *gdn_scratch;          /* [nth][gdn_scratch_len]: chunked Gated DeltaNet (prefill) */
+    /* 16-bit activations for the integer kernels (quant.h: q16): the inputs of one mm_run, the
+     * MoE input rows, and the SwiGLU rows of each expert slot */
+    uint8_t *xq;                 /* MAX_MM_OPS inputs of [n_batch] rows of the widest input */
+    size_t xq_op_bytes;          /* bytes one op's input may take */
+    uint8_t *hq;                 /* [n_batch] rows of quant_q16_bytes(n_embd) */
+    uint8_t *actq;               /* [n_batch * n_expert_used] rows of quant_q16_bytes(n_ff_exp) */
+    const void **xq_rows;        /* [n_batch * n_expert_used]: each slot's quantized token row */
+    float *down_tmp;             /* [nth][n_batch * rows_per_chunk_max]: expert down outputs */
+    size_t down_tmp_len;
+    int64_t down_rows;           /* output rows per item of the expert down product */
     size_t gdn_scratch_len;
     /* recurrent-state snapshots, so a shared prefix can be resumed (see fwd_checkpoint) */
     struct {
@@ -98,6 +109,7 @@ typedef struct mm_op {
     float *y;
     int64_t ldy;
     int n_tok;
+    const uint8_t *xq;    /* the inputs as q16 rows (set by mm_run for integer-kernel types) */
 } mm_op;
 
 typedef struct mm_job {
@@ -109,6 +121,11 @@ typedef struct mm_job {
 } mm_job;
 
 static void mm_rows(ms_fwd *f, const mm_op *op, int64_t r0, int64_t r1, int thread) {
+    if (op->xq) { /* 16-bit activations, integer dot products (quant.h) */
+        if (op->n_tok == 1) quant_matvec_q16(op->type, op->w, op->row_bytes, op->xq, op->y, op->n_in, r0, r1);
+        else quant_matmul_q16(op->type, op->w, op->row_bytes, op->n_in, r0, r1, op->xq, op->n_tok, op->y, op->ldy);
+        return;
+    }
     if (op->n_tok == 1) {
         quant_matvec(op->type, op->w, op->row_bytes, op->x, op->y, op->n_in, r0, r1);
         return;
@@ -128,6 +145,12 @@ static void mm_rows(ms_fwd *f, const mm_op *op, int64_t r0, int64_t r1, int thre
     }
 }
 
+/* Quantizes n_tok rows of x (ldx apart, n values each) into q16 rows laid end to end. */
+static void q16_rows(const float *x, int64_t ldx, int64_t n, int n_tok, uint8_t *out) {
+    size_t rb = quant_q16_bytes(n);
+    for (int t = 0; t < n_tok; t++) quant_q16_quantize(x + (size_t)t * ldx, n, out + (size_t)t * rb);
+}
+
 static void mm_task(void *ctx, int i, int thread) {
     mm_job *j = ctx;
     int o = 0;
@@ -138,8 +161,24 @@ static void mm_task(void *ctx, int i, int thread) {
     mm_rows(j->f, op, r0, r1, thread);
 }
 
-/* Runs independent products in one parallel job (one wake-up of the pool for all of them). */
-static void mm_run(ms_fwd *f, const mm_op *ops, int n_ops) {
+/* Runs independent products in one parallel job (one wake-up of the pool for all of them).
+ * Inputs of integer-kernel types are quantized to q16 first, once per distinct input. */
+static void mm_run(ms_fwd *f, const mm_op *ops_in, int n_ops) {
+    mm_op ops[MAX_MM_OPS];
+    int n_q = 0;
+    for (int o = 0; o < n_ops; o++) {
+        ops[o] = ops_in[o];
+        ops[o].xq = NULL;
+        if (!quant_has_q16(ops[o].type)) continue;
+        for (int p = 0; p < o; p++)
+            if (ops[p].xq && ops[p].x == ops[o].x && ops[p].ldx == ops[o].ldx && ops[p].n_in == ops[o].n_in &&
+                ops[p].n_tok == ops[o].n_tok)
+                ops[o].xq = ops[p].xq;
+        if (ops[o].xq) continue;
+        uint8_t *dst = f->xq + (size_t)n_q++ * f->xq_op_bytes;
+        q16_rows(ops[o].x, ops[o].ldx, ops[o].n_in, ops[o].n_tok, dst);
+        ops[o].xq = dst;
+    }
     mm_job j = {f, ops, n_ops, {0}, {0}};
     int chunks = 0;
     for (int o = 0; o < n_ops; o++) {
@@ -155,7 +194,7 @@ static void mm_run(ms_fwd *f, const mm_op *ops, int n_ops) {
 }
 
 static mm_op mm(const ms_mat *w, const float *x, int64_t ldx, float *y, int64_t ldy, int n_tok) {
-    return (mm_op){w->type, w->data, w->row_bytes, w->n_in, w->n_out, x, ldx, y, ldy, n_tok};
+    return (mm_op){w->type, w->data, w->row_bytes, w->n_in, w->n_out, x, ldx, y, ldy, n_tok, NULL};
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -181,44 +220,65 @@ static void rope_neox(float *v, int n_rot, int pos, float base) {
     }
 }
 
-/* item = (token, head): softmax(q.K / sqrt(d)) . V over positions 0..pos */
-static void attn_task(void *ctx, int i, int thread) {
+#define ATT_QB 16 /* queries of one head per attention item */
+#define ATT_KB 64 /* keys per step of the online softmax */
+
+static void axpy(float *restrict y, const float *restrict x, float a, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* item = (head, block of up to ATT_QB queries): softmax(q.K / sqrt(d)) . V over each query's
+ * positions 0..pos, as an online softmax over blocks of ATT_KB keys (flash attention): no query
+ * holds more than ATT_KB scores, and each K/V row is read once per block of queries. */
+static void attn_task(void *ctx, int item, int thread) {
     attn_job *j = ctx;
     ms_fwd *f = j->f;
     const ms_hparams *hp = &f->m->hp;
-    int t = i / hp->n_head, hh = i % hp->n_head;
+    int nqb = (j->T + ATT_QB - 1) / ATT_QB;
+    int hh = item / nqb, t0 = (item % nqb) * ATT_QB, nq = MS_MIN(ATT_QB, j->T - t0);
     int hd = hp->head_dim, kvd = hp->n_head_kv * hd;
     int kvh = hh / (hp->n_head / hp->n_head_kv);
-    int pos = j->pos0 + t;
-    const float *q = f->q + ((size_t)t * hp->n_head + hh) * hd;
     const float *K = f->k_cache[j->il] + (size_t)kvh * hd;
     const float *V = f->v_cache[j->il] + (size_t)kvh * hd;
-    float *sc = f->thread_buf + (size_t)thread * f->thread_buf_len;
-    float scale = 1.0f / sqrtf((float)hd), mx = -INFINITY;
-    for (int p = 0; p <= pos; p++) {
-        const float *kp = K + (size_t)p * kvd;
-        float s = 0;
-        for (int d = 0; d < hd; d++) s += q[d] * kp[d];
-        sc[p] = s * scale;
-        if (sc[p] > mx) mx = sc[p];
+    float *acc = f->thread_buf + (size_t)thread * f->thread_buf_len; /* [ATT_QB][hd] */
+    float *sc = acc + ATT_QB * hd, *mx = sc + ATT_KB, *l = mx + ATT_QB;
+    float scale = 1.0f / sqrtf((float)hd);
+    memset(acc, 0, sizeof(float) * (size_t)nq * hd);
+    for (int i = 0; i < nq; i++) mx[i] = -INFINITY, l[i] = 0;
+    int last = j->pos0 + t0 + nq - 1;
+    for (int p0 = 0; p0 <= last; p0 += ATT_KB) {
+        for (int i = 0; i < nq; i++) {
+            int pos = j->pos0 + t0 + i, pe = MS_MIN(p0 + ATT_KB, pos + 1);
+            if (pe <= p0) continue; /* causal: these keys are all after this query */
+            const float *q = f->q + ((size_t)(t0 + i) * hp->n_head + hh) * hd;
+            float m = mx[i];
+            for (int p = p0; p < pe; p++) {
+                sc[p - p0] = quant_dot(MS_TYPE_F32, q, K + (size_t)p * kvd, hd) * scale;
+                m = fmaxf(m, sc[p - p0]);
+            }
+            float corr = expf(mx[i] - m), *a = acc + (size_t)i * hd;
+            if (corr != 1.0f) {
+                l[i] *= corr;
+                for (int d = 0; d < hd; d++) a[d] *= corr;
+            }
+            for (int p = p0; p < pe; p++) {
+                float w = expf(sc[p - p0] - m);
+                l[i] += w;
+                axpy(a, V + (size_t)p * kvd, w, hd);
+            }
+            mx[i] = m;
+        }
     }
-    double sum = 0;
-    for (int p = 0; p <= pos; p++) {
-        sc[p] = expf(sc[p] - mx);
-        sum += sc[p];
-    }
-    float inv = (float)(1.0 / sum);
-    float *out = f->att + ((size_t)t * hp->n_head + hh) * hd;
-    memset(out, 0, sizeof(float) * hd);
-    for (int p = 0; p <= pos; p++) {
-        const float *vp = V + (size_t)p * kvd;
-        float w = sc[p] * inv;
-        for (int d = 0; d < hd; d++) out[d] += w * vp[d];
-    }
-    if (j->ly->attn_gated) {
-        /* the gate sits after each head's query in the q projection: [n_head][2][head_dim] */
-        const float *gate = f->a + ((size_t)t * hp->n_head + hh) * 2 * hd + hd;
-        for (int d = 0; d < hd; d++) out[d] *= sigmoid(gate[d]);
+    for (int i = 0; i < nq; i++) {
+        int t = t0 + i;
+        float *out = f->att + ((size_t)t * hp->n_head + hh) * hd, inv = 1.0f / l[i];
+        const float *a = acc + (size_t)i * hd;
+        for (int d = 0; d < hd; d++) out[d] = a[d] * inv;
+        if (j->ly->attn_gated) {
+            /* the gate sits after each head's query in the q projection: [n_head][2][head_dim] */
+            const float *gate = f->a + ((size_t)t * hp->n_head + hh) * 2 * hd + hd;
+            for (int d = 0; d < hd; d++) out[d] *= sigmoid(gate[d]);
+        }
     }
 }
 
@@ -247,7 +307,7 @@ static void attention(ms_fwd *f, const ms_layer *ly, int il, int T) {
         }
     }
     attn_job j = {f, ly, il, T, f->pos};
-    pool_run(f->pool, attn_task, &j, T * hp->n_head);
+    pool_run(f->pool, attn_task, &j, hp->n_head * ((T + ATT_QB - 1) / ATT_QB));
     mm_op o = mm(&ly->wo, f->att, qd, f->h, E, T);
     mm_run(f, &o, 1);
 }
@@ -486,6 +546,14 @@ static void moe_up_task(void *ctx, int i, int thread) {
         const ms_mat3 *w = which ? &ly->up_exps : &ly->gate_exps;
         const uint8_t *base = which ? ref->up : ref->gate;
         float *out = which ? f->act_u : f->act_g;
+        if (f->hq && quant_has_q16(w->type)) {
+            if (cnt == 1)
+                quant_matvec_q16(w->type, base, w->row_bytes, f->xq_rows[first], out + (size_t)first * ff, E, r0, r1);
+            else
+                quant_matmul_q16_rows(w->type, base, w->row_bytes, E, r0, r1, f->xq_rows + first, cnt,
+                                      out + (size_t)first * ff, ff);
+            continue;
+        }
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t *wr = base + (size_t)r * w->row_bytes;
             if (cnt == 1) {
@@ -512,10 +580,24 @@ static void moe_down_task(void *ctx, int i, int thread) {
     ms_fwd *f = j->f;
     const ms_mat3 *w = &j->ly->down_exps;
     int64_t E = w->n_out, ff = w->n_in;
-    int64_t r0 = (int64_t)i * j->rows_per_chunk, r1 = MS_MIN(E, r0 + j->rows_per_chunk);
+    int64_t r0 = (int64_t)i * j->rows_per_chunk, r1 = MS_MIN(E, r0 + j->rows_per_chunk), rc = r1 - r0;
     float *row = f->thread_buf + (size_t)thread * f->thread_buf_len;
+    int q16 = f->actq && quant_has_q16(w->type);
+    size_t aqb = quant_q16_bytes(ff);
     for (int x = j->x0; x < j->x1; x++) {
         int first = f->exp_first[x], cnt = f->exp_count[x];
+        if (q16) {
+            /* the expert's outputs for this chunk, [cnt][rc], then their weighted add */
+            float *tmp = f->down_tmp + (size_t)thread * f->down_tmp_len;
+            const uint8_t *aq = f->actq + (size_t)first * aqb;
+            if (cnt == 1) quant_matvec_q16(w->type, f->refs[x].down, w->row_bytes, aq, tmp - r0, ff, r0, r1);
+            else quant_matmul_q16(w->type, f->refs[x].down, w->row_bytes, ff, r0, r1, aq, cnt, tmp - r0, rc);
+            for (int s = 0; s < cnt; s++) {
+                float sw = f->slot_w[first + s], *dst = f->moe + (size_t)f->slot_tok[first + s] * E;
+                for (int64_t r = r0; r < r1; r++) dst[r] += sw * tmp[(size_t)s * rc + (r - r0)];
+            }
+            continue;
+        }
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t *wr = f->refs[x].down + (size_t)r * w->row_bytes;
             if (cnt == 1) {
@@ -531,6 +613,16 @@ static void moe_down_task(void *ctx, int i, int thread) {
     }
 }
 
+/* Quantizes the SwiGLU rows of the slots of compact experts [x0, x1) for the down product. */
+static void moe_quant_act(void *ctx, int i, int thread) {
+    (void)thread;
+    moe_job *j = ctx;
+    ms_fwd *f = j->f;
+    int64_t ff = j->ly->down_exps.n_in;
+    int s = f->exp_first[j->x0] + i;
+    quant_q16_quantize(f->act_g + (size_t)s * ff, ff, f->actq + (size_t)s * quant_q16_bytes(ff));
+}
+
 /* Computes compact experts [x0, x1), whose bytes are in f->refs. */
 static void moe_compute(ms_fwd *f, const ms_layer *ly, int x0, int x1) {
     int64_t ff = ly->gate_exps.n_out, E = ly->down_exps.n_out;
@@ -539,7 +631,11 @@ static void moe_compute(ms_fwd *f, const ms_layer *ly, int x0, int x1) {
     j.chunks_per_exp = (int)MS_MAX(1, MS_MIN(ff / 16, (int64_t)f->nth * 4 / n + 1));
     j.rows_per_chunk = (ff + j.chunks_per_exp - 1) / j.chunks_per_exp;
     pool_run(f->pool, moe_up_task, &j, n * j.chunks_per_exp);
-    j.rows_per_chunk = MS_MAX(4, (E + f->nth * 4 - 1) / (f->nth * 4));
+    if (f->actq && quant_has_q16(ly->down_exps.type)) {
+        int slots = f->exp_first[x1 - 1] + f->exp_count[x1 - 1] - f->exp_first[x0];
+        pool_run(f->pool, moe_quant_act, &j, slots);
+    }
+    j.rows_per_chunk = f->down_rows;
     pool_run(f->pool, moe_down_task, &j, (int)((E + j.rows_per_chunk - 1) / j.rows_per_chunk));
 }
 
@@ -633,6 +729,12 @@ static int moe(ms_fwd *f, const ms_layer *ly, int il, int T, ms_err *e) {
     }
     mm_run(f, ops, n);
     int n_exp = route(f, T);
+    if (f->hq && quant_has_q16(ly->gate_exps.type)) {
+        size_t hb = quant_q16_bytes(E);
+        q16_rows(f->h, E, E, T, f->hq);
+        int slots = f->exp_first[n_exp - 1] + f->exp_count[n_exp - 1];
+        for (int s = 0; s < slots; s++) f->xq_rows[s] = f->hq + (size_t)f->slot_tok[s] * hb;
+    }
     f->timing.route += ms_time() - t0;
 
     /* Ask for the experts in waves the cache can hold: the reads of a wave's misses all go out
@@ -693,6 +795,7 @@ static int eval_batch(ms_fwd *f, const int32_t *tokens, int T, int all_logits, m
     if (embed(f, tokens, T, e)) return e ? e->status : MS_ERR_IO;
     for (int il = 0; il < hp->n_layer; il++) {
         const ms_layer *ly = &m->layers[il];
+        ms_timing before = f->timing;
         double t0 = ms_time();
         for (int t = 0; t < T; t++) rmsnorm(f->h + (size_t)t * E, f->x + (size_t)t * E, ly->attn_norm, E, hp->norm_eps);
         if (ly->kind == MS_LAYER_ATTN) attention(f, ly, il, T);
@@ -702,6 +805,11 @@ static int eval_batch(ms_fwd *f, const int32_t *tokens, int T, int all_logits, m
         f->timing.attn += ms_time() - t0;
         int rc = moe(f, ly, il, T, e);
         if (rc) return rc;
+        double *lt = f->layer_time + (size_t)il * 4;
+        lt[0] += f->timing.attn - before.attn;
+        lt[1] += f->timing.route - before.route;
+        lt[2] += f->timing.expert_wait - before.expert_wait;
+        lt[3] += f->timing.expert_compute - before.expert_compute;
         for (int64_t i = 0; i < (int64_t)T * E; i++) f->x[i] += f->moe[i];
     }
     double t0 = ms_time();
@@ -755,6 +863,9 @@ int fwd_n_logits(const ms_fwd *f) { return f->n_logits; }
 int fwd_pos(const ms_fwd *f) { return f->pos; }
 int fwd_n_ctx(const ms_fwd *f) { return f->n_ctx; }
 const ms_timing *fwd_timing(const ms_fwd *f) { return &f->timing; }
+const double *fwd_layer_timing(const ms_fwd *f, int il) {
+    return il >= 0 && il < f->m->hp.n_layer ? f->layer_time + (size_t)il * 4 : NULL;
+}
 
 const int32_t *fwd_history(const ms_fwd *f) { return f->history; }
 
@@ -908,6 +1019,8 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->sel = alloc_i(f, T * K, &fail);
     f->sel_w = alloc_f(f, T * K, &fail);
     f->exp_fill = alloc_i(f, NE, &fail);
+    f->layer_time = ms_calloc(L * 4, sizeof(double));
+    if (!f->layer_time) fail = 1;
     f->exp_ids = alloc_i(f, NE, &fail);
     f->exp_first = alloc_i(f, NE, &fail);
     f->exp_count = alloc_i(f, NE, &fail);
@@ -923,6 +1036,18 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->sh_gate = alloc_f(f, T, &fail);
     f->moe = alloc_f(f, T * E, &fail);
     f->look = alloc_f(f, T * (E + NE), &fail);
+    /* q16 scratch: every matrix input, the MoE rows, the SwiGLU rows, the down products */
+    size_t widest = MS_MAX(MS_MAX(E, qw), MS_MAX(vd, (size_t)MS_MAX(hp->n_ff_exp, hp->n_ff_shexp)));
+    widest = (widest + 31) / 32 * 32;
+    f->xq_op_bytes = T * quant_q16_bytes((int64_t)widest);
+    f->xq = (uint8_t *)alloc_f(f, MAX_MM_OPS * f->xq_op_bytes / sizeof(float), &fail);
+    f->hq = (uint8_t *)alloc_f(f, T * quant_q16_bytes((int64_t)(E + 31) / 32 * 32) / sizeof(float), &fail);
+    f->actq = (uint8_t *)alloc_f(f, T * K * quant_q16_bytes(hp->n_ff_exp) / sizeof(float), &fail);
+    f->xq_rows = ms_calloc(T * K, sizeof(void *));
+    if (!f->xq_rows) fail = 1;
+    f->down_rows = (int64_t)MS_MAX(4, (E + (size_t)f->nth * 4 - 1) / ((size_t)f->nth * 4));
+    f->down_tmp_len = T * (size_t)f->down_rows;
+    f->down_tmp = alloc_f(f, (size_t)f->nth * f->down_tmp_len, &fail);
     if (hp->n_v_heads && n_batch >= GDN_CHUNK) {
         size_t C = GDN_CHUNK, d = (size_t)MS_MAX(hp->d_k, hp->d_v);
         f->gdn_scratch_len = C * C + C + 3 * C * d;
@@ -931,7 +1056,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     /* per-thread row buffer: the longest dequantized row, or the attention score row */
     size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
     longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));
-    longest = MS_MAX(longest, (size_t)n_ctx);
+    longest = MS_MAX(longest, (size_t)ATT_QB * (hp->head_dim + 2) + ATT_KB); /* attention's blocks */
     f->thread_buf_len = (longest + 15) & ~(size_t)15;
     f->thread_buf = alloc_f(f, (size_t)f->nth * f->thread_buf_len, &fail);
     f->logits = alloc_f(f, (size_t)hp->n_vocab, &fail);
@@ -968,10 +1093,13 @@ void fwd_free(ms_fwd *f) {
     ms_free(f->ssm_state);
     float *fs[] = {f->x, f->h, f->a, f->q, f->att, f->qkv, f->z, f->beta, f->alpha, f->gdn_o, f->router,
                    f->sel_w, f->slot_w, f->act_g, f->act_u, f->sh_g, f->sh_u, f->sh_gate, f->moe,
-                   f->thread_buf, f->logits, f->look, f->gdn_scratch};
+                   f->thread_buf, f->logits, f->look, f->gdn_scratch, (float *)f->xq, (float *)f->hq,
+                   (float *)f->actq, f->down_tmp};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) ms_free_aligned(fs[i]);
     ms_free(f->sel);
     ms_free(f->exp_fill);
+    ms_free(f->layer_time);
+    ms_free(f->xq_rows);
     ms_free(f->exp_ids);
     ms_free(f->exp_first);
     ms_free(f->exp_count);
@@ -1031,6 +1159,7 @@ static int cpu_resume_point(const void *c, int pos) { return fwd_resume_point(CF
 static int cpu_truncate(void *c, int pos, ms_err *e) { return fwd_truncate(FWD(c), pos, e); }
 static void cpu_reset(void *c) { fwd_reset(FWD(c)); }
 static const ms_timing *cpu_timing(const void *c) { return fwd_timing(CFWD(c)); }
+static const double *cpu_layer_timing(const void *c, int il) { return fwd_layer_timing(CFWD(c), il); }
 /* checkpoints are allocated on demand: count the ones that may be */
 static uint64_t cpu_host_bytes(const void *c) {
     const ms_fwd *f = CFWD(c);
@@ -1039,5 +1168,5 @@ static uint64_t cpu_host_bytes(const void *c) {
 
 const ms_backend ms_backend_cpu = {
     "cpu", cpu_create, cpu_destroy, cpu_eval, cpu_logits, cpu_n_logits, cpu_pos, cpu_n_ctx, cpu_history,
-    cpu_checkpoint, cpu_resume_point, cpu_truncate, cpu_reset, cpu_timing, cpu_host_bytes,
+    cpu_checkpoint, cpu_resume_point, cpu_truncate, cpu_reset, cpu_timing, cpu_host_bytes, cpu_layer_timing,
 };

@@ -50,5 +50,7 @@ int fwd_truncate(ms_fwd *f, int pos, ms_err *e);
 /* Forgets everything: position 0, empty KV cache, zero recurrent state. */
 void fwd_reset(ms_fwd *f);
 const ms_timing *fwd_timing(const ms_fwd *f);
+/* Seconds spent in layer il so far: attention, routing, expert wait, expert compute. */
+const double *fwd_layer_timing(const ms_fwd *f, int il);
 
 #endif

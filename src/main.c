@@ -271,7 +271,8 @@ static uint64_t peak_rss(void) {
 }
 
 /* --stats and --timing for the tokens decoded between snapshots a and b. */
-static void print_stats(const ms_model *m, const opts *o, const ms_stats *a, const ms_stats *b, int tokens, double secs) {
+static void print_stats(const ms_model *m, const ms_context *c, const opts *o, const ms_stats *a, const ms_stats *b,
+                        int tokens, double secs) {
     if (tokens <= 0) return;
     double tk = tokens;
     if (o->timing) {
@@ -280,6 +281,17 @@ static void print_stats(const ms_model *m, const opts *o, const ms_stats *a, con
         fprintf(stderr, "moestream: per token: attention+norms %.2f ms, routing %.2f ms, expert wait %.2f ms, expert compute %.2f ms, "
                         "output %.2f ms (wall %.2f ms)\n",
                 1e3 * at / tk, 1e3 * rt / tk, 1e3 * wt / tk, 1e3 * ct / tk, 1e3 * ot / tk, 1e3 * secs / tk);
+    }
+    if (o->timing && c) {
+        /* per layer over the whole run (prompt included): where the time goes */
+        int n_layer = 0;
+        double t[4];
+        while (ms_context_layer_timing(c, n_layer, t) == 0) n_layer++;
+        if (n_layer) fprintf(stderr, "moestream: per layer (ms over the run): attention | routing | expert wait | expert compute\n");
+        for (int il = 0; il < n_layer; il++) {
+            ms_context_layer_timing(c, il, t);
+            fprintf(stderr, "  layer %3d  %8.1f %8.1f %8.1f %8.1f\n", il, 1e3 * t[0], 1e3 * t[1], 1e3 * t[2], 1e3 * t[3]);
+        }
     }
     if (!o->stats) return;
     ms_roofline r;
@@ -358,7 +370,7 @@ static int cmd_run(const opts *o) {
     if (o->stats || o->timing) {
         ms_stats st1;
         ms_context_stats(c, &st1);
-        print_stats(m, o, &st0, &st1, n_eval, t_gen);
+        print_stats(m, c, o, &st0, &st1, n_eval, t_gen);
     }
     free(ids);
     ms_sampler_free(s);

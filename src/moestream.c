@@ -260,6 +260,13 @@ int ms_context_resume_point(const ms_context *c, int n) { return c->be->resume_p
 ms_status ms_context_rewind(ms_context *c, int pos, ms_error *err) { return (ms_status)c->be->truncate(c->ctx, pos, err); }
 const char *ms_context_backend(const ms_context *c) { return c->be->name; }
 
+int ms_context_layer_timing(const ms_context *c, int il, double out[4]) {
+    const double *t = c->be->layer_timing ? c->be->layer_timing(c->ctx, il) : NULL;
+    if (!t) return -1;
+    memcpy(out, t, 4 * sizeof(double));
+    return 0;
+}
+
 void ms_context_stats(const ms_context *c, ms_stats *o) {
     const ms_timing *t = c->be->timing(c->ctx);
     ms_store_stats st;
@@ -286,6 +293,8 @@ void ms_context_stats(const ms_context *c, ms_stats *o) {
     o->gpu_requests = t->cache_requests;
     o->gpu_hits = t->cache_hits;
     o->gpu_bytes_in = t->cache_bytes_in;
+    o->gpu_prefetches = t->cache_prefetches;
+    o->gpu_prefetch_used = t->cache_prefetch_used;
 }
 
 void ms_roofline_of(const ms_model *m, const ms_stats *a, const ms_stats *b, double tokens, double disk_bw,

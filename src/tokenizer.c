@@ -358,7 +358,7 @@ static int check_model(const gguf_file *f, int *pre, ms_err *e) {
 }
 
 static int load_vocab(ms_tokenizer *t, const gguf_file *f, ms_err *e) {
-    const gguf_kv *toks;
+    const gguf_kv *toks = NULL;
     int rc = get_string_array(f, "tokenizer.ggml.tokens", &toks, e);
     if (rc) return rc;
     if (toks->v.arr.n == 0 || toks->v.arr.n > INT32_MAX / 4)
@@ -408,7 +408,7 @@ static int load_vocab(ms_tokenizer *t, const gguf_file *f, ms_err *e) {
 }
 
 static int load_merges(ms_tokenizer *t, const gguf_file *f, ms_err *e) {
-    const gguf_kv *mk;
+    const gguf_kv *mk = NULL;
     int rc = get_string_array(f, "tokenizer.ggml.merges", &mk, e);
     if (rc) return rc;
     if (mk->v.arr.n > INT32_MAX / 4)

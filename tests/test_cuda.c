@@ -7,7 +7,8 @@
  * 2. Whole models, every fixture architecture and quant type: GPU logits against the scalar CPU
  *    path's, max KL <= 1e-5, with all experts in VRAM, with a cache of a few slots (evictions,
  *    batches split into waves) copying from page-locked memory, and through pinned staging
- *    buffers with small batches. Plus the core tests' bounds on the GPU: tiny fixtures against
+ *    buffers with small batches; the last two again with the router lookahead (decode prefetches
+ *    the next layer's predicted experts into that small cache). Plus the core tests' bounds on the GPU: tiny fixtures against
  *    transformers (max KL <= 1e-4, the 24 greedy ids), small quantized files no worse than
  *    llama.cpp's logits, and prefix reuse (checkpoint, rewind).
  *
@@ -24,6 +25,8 @@
 #include "moestream.h"
 #include "quant.h"
 #include "testlib.h"
+
+static uint64_t pf_total, pf_used_total; /* the lookahead configurations' prefetches, all files */
 
 static int partial;
 
@@ -146,17 +149,24 @@ typedef struct run_cfg {
     int n_batch;
     const char *slots;   /* MS_CUDA_CACHE_SLOTS, or NULL */
     const char *staging; /* MS_CUDA_STAGING, or NULL */
+    const char *graphs;  /* MS_CUDA_GRAPHS, or NULL */
+    const char *look;    /* MS_CUDA_LOOKAHEAD: "1" prefetch, "0" not (whatever the default) */
 } run_cfg;
+
+static void set_env(const char *name, const char *v) {
+    if (v) setenv(name, v, 1);
+    else unsetenv(name);
+}
 
 #define N_DECODE 6
 
 /* Logits of the prompt (all positions, fed n_batch at a time) then of N_DECODE single tokens,
  * [n_prompt + N_DECODE][n_vocab] (malloc'd), or NULL. */
 static float *run_logits(const char *path, const run_cfg *cfg, const int *prompt, int n_prompt, int *nv_out) {
-    if (cfg->slots) setenv("MS_CUDA_CACHE_SLOTS", cfg->slots, 1);
-    else unsetenv("MS_CUDA_CACHE_SLOTS");
-    if (cfg->staging) setenv("MS_CUDA_STAGING", cfg->staging, 1);
-    else unsetenv("MS_CUDA_STAGING");
+    set_env("MS_CUDA_CACHE_SLOTS", cfg->slots);
+    set_env("MS_CUDA_STAGING", cfg->staging);
+    set_env("MS_CUDA_GRAPHS", cfg->graphs);
+    set_env("MS_CUDA_LOOKAHEAD", cfg->look);
     ms_model *m = NULL;
     ms_error err;
     float *out = NULL;
@@ -192,54 +202,70 @@ static float *run_logits(const char *path, const run_cfg *cfg, const int *prompt
         for (int i = 0; i < b; i++) memcpy(out + (size_t)(done + i) * nv, ms_logits(c, i), sizeof(float) * nv);
         done += b;
     }
+    ms_stats st;
+    ms_context_stats(c, &st);
+    pf_total += st.gpu_prefetches;
+    pf_used_total += st.gpu_prefetch_used;
     ms_context_free(c);
 done:
     ms_model_free(m);
     unsetenv("MS_CUDA_CACHE_SLOTS");
     unsetenv("MS_CUDA_STAGING");
+    unsetenv("MS_CUDA_GRAPHS");
+    unsetenv("MS_CUDA_LOOKAHEAD");
     *nv_out = nv;
     return out;
 }
 
+static int worst_pos; /* where the last max_kl found its maximum */
 static double max_kl(const float *ref, const float *got, int n, int nv, int *argmax) {
     double worst = 0;
     int agree = 0;
+    worst_pos = 0;
     for (int i = 0; i < n; i++) {
         double kl = t_kl(ref + (size_t)i * nv, got + (size_t)i * nv, nv);
-        if (kl > worst || isnan(kl)) worst = isnan(kl) ? INFINITY : kl;
+        if (isnan(kl)) kl = INFINITY;
+        if (kl > worst) worst = kl, worst_pos = i;
         agree += t_argmax(ref + (size_t)i * nv, nv) == t_argmax(got + (size_t)i * nv, nv);
     }
     if (argmax) *argmax = agree;
     return worst;
 }
 
-/* GPU against the scalar CPU path in three cache/transfer configurations; returns the GPU
- * logits of the default configuration (caller frees). */
+/* GPU against the scalar CPU path in six cache/transfer/lookahead configurations; returns the
+ * GPU logits of the default configuration (caller frees). */
 static float *check_agreement(const char *rel, const int *prompt, int n_prompt, int *nv_out) {
     char path[4096];
     snprintf(path, sizeof path, "%s", t_path(rel));
     quant_force_isa("scalar");
-    run_cfg cpu = {0, 512, NULL, NULL};
+    run_cfg cpu = {0, 512, NULL, NULL, NULL, NULL};
     int nv = 0;
     float *ref = run_logits(path, &cpu, prompt, n_prompt, &nv);
     if (quant_force_isa("avx512") && quant_force_isa("avx2")) quant_force_isa("scalar");
     if (!ref) return NULL;
-    const run_cfg gpus[] = {{1, 512, NULL, NULL}, {1, 512, "1", NULL}, {1, 5, "1", "1"}};
-    const char *label[] = {"resident", "few slots", "staged, batch 5"};
+    /* every expert in VRAM (decode as one graph replay per token, or kernel by kernel); a cache
+     * of 2 * top-k slots (prefill in waves, evictions), copies from page-locked memory; the same
+     * through pinned staging buffers, with batches of 5; both again with the router lookahead
+     * (its prefetches compete with the misses for those few slots), the second kernel by kernel */
+    const run_cfg gpus[] = {{1, 512, NULL, NULL, NULL, "0"}, {1, 512, NULL, NULL, "0", "0"}, {1, 512, "1", NULL, NULL, "0"},
+                            {1, 5, "1", "1", NULL, "0"},     {1, 512, "1", NULL, NULL, "1"}, {1, 5, "1", "1", "0", "1"}};
+    const char *label[] = {"resident", "no graph", "few slots", "staged b5", "lookahead", "look staged"};
     float *keep = NULL;
+    uint64_t pf0 = pf_total, used0 = pf_used_total;
     printf("  %-42s", rel);
-    for (int g = 0; g < 3; g++) {
+    for (int g = 0; g < 6; g++) {
         int nv2 = 0;
         float *got = run_logits(path, &gpus[g], prompt, n_prompt, &nv2);
         if (!got) continue;
         int agree = 0, n = n_prompt + N_DECODE;
         double kl = max_kl(ref, got, n, nv, &agree);
-        CHECK(kl <= 1e-5, "%s (%s): GPU vs scalar CPU max KL %.3g > 1e-5 (argmax %d/%d)", rel, label[g], kl, agree, n);
+        CHECK(kl <= 1e-5, "%s (%s): GPU vs scalar CPU max KL %.3g > 1e-5 at position %d of %d (%d prompt; argmax %d/%d)", rel,
+              label[g], kl, worst_pos, n, n_prompt, agree, n);
         printf(" %s %.1e", label[g], kl);
         if (g == 0) keep = got;
         else free(got);
     }
-    printf("\n");
+    printf(" (prefetched %llu, used %llu)\n", (unsigned long long)(pf_total - pf0), (unsigned long long)(pf_used_total - used0));
     free(ref);
     *nv_out = nv;
     return keep;
@@ -428,5 +454,12 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof q3 / sizeof q3[0]; i++) check_small("qwen3moe", q3[i]);
     for (int a = 0; a < 3; a++) check_rewind(archs[a]);
     check_budget();
+    /* the lookahead configurations must have prefetched (their decode tokens miss in 2 * top-k
+     * slots), and a prefetch never counts as used more often than it was made */
+    CHECK(pf_total > 0, "the lookahead configurations prefetched no expert");
+    CHECK(pf_used_total <= pf_total, "prefetches used %llu > made %llu", (unsigned long long)pf_used_total,
+          (unsigned long long)pf_total);
+    printf("  lookahead: %llu experts prefetched, %llu of them routed to (%.0f%%)\n", (unsigned long long)pf_total,
+           (unsigned long long)pf_used_total, pf_total ? 100.0 * pf_used_total / pf_total : 0.0);
     return t_done("test_cuda");
 }
