@@ -1,12 +1,24 @@
 # moestream - plain `make` builds the CPU binary; `make test` runs every test.
-# Objects go to $(BUILD); SAN=1 builds with ASan+UBSan into build/san.
+# Objects go to $(BUILD). Sanitizer builds go beside it: SAN=1 ASan+UBSan into $(BUILD)/san,
+# SAN=thread TSan into $(BUILD)/tsan, SAN=fuzz clang's libFuzzer instrumentation with ASan+UBSan
+# into $(BUILD)/fuzz (`make fuzz`; only that target needs clang).
 
 CC      ?= cc
 SAN     ?= 0
 BUILD   ?= build
 ifeq ($(SAN),1)
-BUILD   := build/san
+override BUILD := $(BUILD)/san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+ifeq ($(SAN),thread)
+override BUILD := $(BUILD)/tsan
+SANFLAGS = -fsanitize=thread -fno-omit-frame-pointer
+endif
+FUZZ_CC ?= clang
+ifeq ($(SAN),fuzz)
+override BUILD := $(BUILD)/fuzz
+override CC := $(FUZZ_CC)
+SANFLAGS = -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
 # CUDA=1 adds the GPU backend (src/cuda.cu, built by nvcc) in place of its stand-in
 # src/backend_none.c, with objects in $(BUILD)/cuda. Plain `make` never needs the CUDA toolkit.
@@ -55,11 +67,17 @@ LDLIBS  += $(CUDA_LIBS)
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/%)
+# Fuzz targets (fuzz/fuzz_NAME.c): libFuzzer binaries under SAN=fuzz; in every build their code also
+# replays the saved findings in tests/regress/NAME/ (test_regress).
+FUZZ_TARGETS := gguf tokenizer chat http
+FUZZ_SECONDS ?= 60
+# What the HTTP request path needs from the front ends (not main.o: the fuzzer has its own main).
+SERVER_OBJ := $(BUILD)/server.o $(BUILD)/front.o
 
 $(BUILD)/%_avx2.o: CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/%_avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
 
-.PHONY: all test clean san-test deps demo
+.PHONY: all test clean san-test tsan-test deps demo fuzz fuzz-run
 .SECONDARY:
 # The Debian packages come first (scripts/install-deps.sh installs what is missing as root, or
 # says which to install): a fresh Debian 12 builds with plain `make`.
@@ -91,6 +109,23 @@ moestream: $(BUILD)/moestream
 $(BUILD)/test_%: $(BUILD)/tests/test_%.o $(BUILD)/tests/testlib.o $(BUILD)/libmoestream.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+$(BUILD)/tests/fuzz_%.o: fuzz/fuzz_%.c fuzz/fuzz.h $(wildcard src/*.h) include/moestream.h | $(BUILD)/tests
+	$(CC) $(CFLAGS) -DFUZZ_NO_ENTRY -c $< -o $@
+
+$(BUILD)/test_regress: $(BUILD)/tests/test_regress.o $(BUILD)/tests/testlib.o $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%.o) \
+		$(SERVER_OBJ) $(BUILD)/libmoestream.a
+	$(CC) $(LDFLAGS) $^ $(FRONT_LIBS) $(LDLIBS) -o $@
+
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SERVER_OBJ) $(BUILD)/libmoestream.a
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $(filter-out %.h,$^) $(FRONT_LIBS) $(LDLIBS) -o $@
+
+ifeq ($(SAN),fuzz)
+# clang 14 does not know __builtin_cpu_supports("f16c"): quant.c's CPU dispatch is compiled by cc,
+# without instrumentation (the kernels are not what the fuzz targets look at).
+$(BUILD)/quant.o: src/quant.c $(wildcard src/*.h) include/moestream.h | $(BUILD)
+	cc $(filter-out $(SANFLAGS),$(CFLAGS)) -c $< -o $@
+endif
+
 $(BUILD) $(BUILD)/tests:
 	mkdir -p $@
 
@@ -101,10 +136,27 @@ test: deps
 	./tests/run.sh $(BUILD) $(FIXTURES)
 ifeq ($(SAN)$(CUDA),00)
 	$(MAKE) SAN=1 OPT=-O1 san-test
+	$(MAKE) SAN=thread OPT=-O1 tsan-test
 endif
 
 san-test: $(BUILD)/moestream $(TEST_BIN)
 	MS_SANITIZED=1 ./tests/run.sh $(BUILD) $(FIXTURES)
+
+# TSan over what runs threads: the expert store's I/O threads and the worker pool (every forward
+# pass of test_experts and test_faults), faults while reads are in flight, and the server with
+# concurrent clients (tests/run.sh runs only server.sh of the scripts under TSan).
+TSAN_TESTS := test_experts test_faults
+tsan-test: $(BUILD)/moestream $(TSAN_TESTS:%=$(BUILD)/%)
+	MS_SANITIZED=thread ./tests/run.sh $(BUILD) $(FIXTURES)
+
+# Each fuzz target for FUZZ_SECONDS from seeds made from the fixtures (fuzz/run.sh); any crash,
+# leak, timeout or sanitizer report fails. Needs clang with libFuzzer (Debian: clang, libclang-rt-dev).
+fuzz:
+	@./scripts/install-deps.sh fuzz
+	$(MAKE) SAN=fuzz OPT=-O1 fuzz-run
+
+fuzz-run: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+	./fuzz/run.sh $(BUILD) $(FIXTURES) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 deps:
 	@./scripts/install-deps.sh

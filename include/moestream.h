@@ -130,7 +130,11 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
 void ms_context_free(ms_context *c);
 
 /* Evaluates n tokens after those already in the context. Logits are kept for the last token,
- * or for every token when all_logits (then n <= n_batch). MS_ERR_CONTEXT if they do not fit. */
+ * or for every token when all_logits (then n <= n_batch). MS_ERR_CONTEXT if they do not fit.
+ * After a failure part way (MS_ERR_IO, MS_ERR_NOMEM, ...) the context is at a position whose
+ * state is whole: the tokens before it are evaluated, those after are not; a model with recurrent
+ * layers may have gone back to an earlier checkpoint (or to 0) for that, so read
+ * ms_context_pos() before going on (ms_chat_prefill does). */
 ms_status ms_eval(ms_context *c, const int32_t *tokens, int n, int all_logits, ms_error *err);
 /* Logits [n_vocab] of row i of the last ms_eval (i = -1: the last row), or NULL. */
 const float *ms_logits(const ms_context *c, int i);

@@ -86,7 +86,7 @@ static int read_window(const ms_store *s, const io_job *j, uint64_t *got_out) {
     uint64_t start = j->off / a * a, end = (j->off + j->len + a - 1) / a * a, need = j->off + j->len - start;
     uint64_t got = 0;
     while (got < end - start) {
-        ssize_t r = pread(j->fd, j->dst + got, (size_t)(end - start - got), (off_t)(start + got));
+        long r = ms_pread(j->fd, j->dst + got, (size_t)(end - start - got), start + got);
         if (r < 0) {
             if (errno == EINTR) continue;
             *got_out = got;
@@ -128,20 +128,25 @@ static void *io_main(void *arg) {
     return NULL;
 }
 
-static int push_job(ms_store *s, io_job j) {
-    if (s->q_len == s->q_cap) {
-        int cap = s->q_cap ? s->q_cap * 2 : 256;
-        io_job *q = ms_malloc(sizeof(io_job) * (size_t)cap);
-        if (!q) return -1;
-        for (int i = 0; i < s->q_len; i++) q[i] = s->queue[(s->q_head + i) % s->q_cap];
-        ms_free(s->queue);
-        s->queue = q;
-        s->q_head = 0;
-        s->q_cap = cap;
-    }
+/* Makes room for n more jobs in the queue. */
+static int reserve_jobs(ms_store *s, int n) {
+    if (s->q_len + n <= s->q_cap) return 0;
+    int cap = s->q_cap ? s->q_cap * 2 : 256;
+    while (cap < s->q_len + n) cap *= 2;
+    io_job *q = ms_malloc(sizeof(io_job) * (size_t)cap);
+    if (!q) return -1;
+    for (int i = 0; i < s->q_len; i++) q[i] = s->queue[(s->q_head + i) % s->q_cap];
+    ms_free(s->queue);
+    s->queue = q;
+    s->q_head = 0;
+    s->q_cap = cap;
+    return 0;
+}
+
+/* Queues a job (room reserved). */
+static void push_job(ms_store *s, io_job j) {
     s->queue[(s->q_head + s->q_len) % s->q_cap] = j;
     s->q_len++;
-    return 0;
 }
 
 /* ------------------------------------------------------------------ slots */
@@ -173,8 +178,10 @@ static int victim(ms_store *s, uint64_t protect_tick) {
     return best;
 }
 
-/* Points the slot at key and queues its three reads. Caller holds the mutex. */
+/* Points the slot at key and queues its three reads. Caller holds the mutex. On failure (no
+ * memory for the queue) nothing has changed. */
 static int start_load(ms_store *s, int si, int key) {
+    if (reserve_jobs(s, 3)) return -1;
     slot *sl = &s->slots[si];
     if (sl->key >= 0) s->where[sl->key] = -1;
     sl->key = key;
@@ -193,7 +200,7 @@ static int start_load(ms_store *s, int si, int key) {
         uint64_t a = s->p.io_mode == MS_IO_DIRECT ? ALIGN : 1;
         *refs[w] = dst + (off - off / a * a);
         io_job j = {si, w, s->fd[mt->src->part], off, mt->stride, dst};
-        if (push_job(s, j)) return -1;
+        push_job(s, j);
         dst += s->sub_bytes[w];
     }
     pthread_cond_broadcast(&s->work);
@@ -319,12 +326,15 @@ int experts_set_cache(ms_store *s, uint64_t cache_bytes, ms_err *e) {
         s->slots[i].buf = s->arena + (size_t)i * s->slot_bytes;
     }
     s->io = ms_calloc((size_t)s->p.io_threads, sizeof(pthread_t));
-    if (!s->io) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < s->p.io_threads; i++) {
+    for (int i = 0; s->io && i < s->p.io_threads; i++) {
         if (pthread_create(&s->io[i], NULL, io_main, s) != 0) break;
         s->n_io++;
     }
-    if (!s->n_io) return ms_fail(e, MS_ERR_NOMEM, "cannot start I/O threads");
+    if (!s->n_io) { /* no half-built cache: a later call starts over */
+        stop_io(s);
+        free_cache(s);
+        return ms_fail(e, MS_ERR_NOMEM, "cannot start I/O threads for the expert cache");
+    }
     s->st.cache_slots = (uint64_t)n;
     s->st.cache_bytes = s->arena_bytes;
     return MS_OK;
@@ -361,8 +371,8 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
     pthread_mutex_lock(&s->mu);
     s->tick++;
     s->st.requests += (uint64_t)n;
-    int rc = MS_OK;
-    for (int i = 0; i < n; i++) {
+    int rc = MS_OK, i;
+    for (i = 0; i < n; i++) {
         int key = il * s->n_expert + ids[i];
         s->usage[key]++;
         if (s->p.io_mode == MS_IO_MMAP) {
@@ -370,6 +380,17 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
             continue;
         }
         int si = s->where[key];
+        if (si >= 0 && s->slots[si].state == SLOT_ERROR && !s->slots[si].pins) {
+            /* its read failed after every caller had let go (a failed layer releases the
+             * experts still loading): read it again rather than hand out the old error */
+            if (start_load(s, si, key)) {
+                rc = ms_fail(e, MS_ERR_NOMEM, "out of memory queueing reads");
+                break;
+            }
+            s->slots[si].pins = 1;
+            touch(s, &s->slots[si]);
+            continue;
+        }
         if (si >= 0) {
             slot *sl = &s->slots[si];
             /* a prefetched expert still came from disk: it counts for the prefetch, not as a hit */
@@ -396,6 +417,8 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
         touch(s, &s->slots[si]);
     }
     pthread_mutex_unlock(&s->mu);
+    /* on failure nothing stays pinned (callers release only after a request succeeded) */
+    if (rc && s->p.io_mode != MS_IO_MMAP) experts_release(s, il, ids, i);
     return rc;
 }
 
@@ -445,6 +468,7 @@ int experts_ready(ms_store *s, int il, int id) {
 
 int experts_acquire(ms_store *s, int il, const int *ids, int n, ms_expert_ref *out, ms_err *e) {
     int rc = experts_request(s, il, ids, n, e);
+    if (rc) return rc;
     for (int i = 0; i < n && !rc; i++) rc = experts_wait(s, il, ids[i], &out[i], e);
     if (rc) experts_release(s, il, ids, n);
     return rc;

@@ -59,7 +59,7 @@ int experts_set_cache(ms_store *s, uint64_t cache_bytes, ms_err *e);
 uint64_t experts_slot_bytes(const ms_store *s);
 
 /* Starts making experts ids[0..n) of layer il available (reads for misses go out at once) and
- * pins them until experts_release. Never blocks on I/O. */
+ * pins them until experts_release. Never blocks on I/O. On failure none of them stays pinned. */
 int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e);
 /* Waits until expert id of layer il (requested before) is available and fills *out. Returns
  * MS_OK or MS_ERR_IO naming the expert and the failure (short read, EIO...). */

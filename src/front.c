@@ -262,7 +262,12 @@ static ms_status gen_plan(gen *g, ms_sampler *s, gen_result *out, ms_error *err)
             continue;
         }
         ms_constraint *k = ms_constraint_new(g->m, st.kind, st.choices, st.n_choices);
-        if (!k) front_die("out of memory");
+        if (!k) {
+            rc = MS_ERR_NOMEM;
+            snprintf(err->msg, sizeof err->msg, "out of memory for a constrained value");
+            err->status = rc;
+            break;
+        }
         int cap = st.kind == MS_VALUE_OBJECT || st.kind == MS_VALUE_ARRAY || st.kind == MS_VALUE_JSON ? 256
                   : st.kind == MS_VALUE_NUMBER || st.kind == MS_VALUE_INTEGER || st.kind == MS_VALUE_BOOLEAN ? 24
                                                                                                               : 48;
@@ -303,7 +308,10 @@ ms_status front_generate(ms_model *m, ms_context *c, const gen_req *r, gen_resul
     out->n_prompt = r->n;
     out->finish = "stop";
     gen g = {r, m, c, ms_chat_stream_new(r->think_open, r->tools), {0}, 0, 0};
-    if (!g.split) front_die("out of memory");
+    if (!g.split) {
+        snprintf(err->msg, sizeof err->msg, "out of memory starting a reply");
+        return err->status = MS_ERR_NOMEM;
+    }
     fbuf_add(&g.text, "", 0);
     int ck[2], nck = 0;
     if (r->hist_end > 0 && r->hist_end < r->n) ck[nck++] = r->hist_end;
@@ -320,7 +328,11 @@ ms_status front_generate(ms_model *m, ms_context *c, const gen_req *r, gen_resul
     }
     s = ms_sampler_new(m, &r->sp);
     d = ms_detok_new(m, 0);
-    if (!s || !d) front_die("out of memory");
+    if (!s || !d) {
+        snprintf(err->msg, sizeof err->msg, "out of memory starting a reply");
+        err->status = st = MS_ERR_NOMEM;
+        goto done;
+    }
     int first = r->n > r->sp.repeat_last_n ? r->n - r->sp.repeat_last_n : 0;
     for (int i = first; i < r->n; i++) ms_sampler_accept(s, r->ids[i]);
     double t1 = now();

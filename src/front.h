@@ -18,6 +18,14 @@ int cmd_chat(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv); /* bench.c */
 
+/* Checks one POST body for path ("/v1/chat/completions" or "/v1/completions") as the server's
+ * connection thread does (JSON, every field, template rendering, tokenization, context fit) but
+ * queues nothing and needs no socket: for tests and fuzzing. Returns the HTTP status the request
+ * would get before generation (200: it would be queued); for any other, *error_body is the
+ * OpenAI-shaped error body (malloc'd, caller frees), else NULL. The server's model id is "model". */
+unsigned serve_check_request(ms_model *m, ms_context *c, ms_chat *tmpl, const char *path, const char *body, size_t len,
+                             char **error_body);
+
 /* A growable NUL-terminated string; allocation failure is fatal (front ends only). */
 typedef struct fbuf {
     char *s;

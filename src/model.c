@@ -217,6 +217,9 @@ static int load_hparams(loader *L, const arch_desc *ad) {
     hp->arch = ad->arch;
     hp->gdn_interleave = ad->gdn_interleave;
     TRY(need_u32(L, "block_count", &hp->n_layer));
+    if ((int64_t)hp->n_layer > L->m->gguf->n_tensors) /* each layer has tensors: bound it before allocating */
+        return ms_fail(L->e, MS_ERR_FORMAT, "%s: metadata '%s' says %d layers but the file holds only %lld tensors",
+                       L->m->gguf->parts[0].path, L->key, hp->n_layer, (long long)L->m->gguf->n_tensors);
     TRY(need_u32(L, "embedding_length", &hp->n_embd));
     TRY(need_u32(L, "attention.head_count", &hp->n_head));
     hp->n_head_kv = hp->n_head;
@@ -373,6 +376,11 @@ struct ms_model *model_load(gguf_file *f, int n_expert_used_override, ms_err *e)
     fixups fx = {0};
     m->arch_name = gguf_get_str(f, "general.architecture");
     m->name = gguf_get_str(f, "general.name");
+    const gguf_kv *ak = gguf_get(f, "general.architecture"), *nk = gguf_get(f, "general.name");
+    if ((ak && ak->type == GGUF_STRING && !m->arch_name) || (nk && nk->type == GGUF_STRING && !m->name)) {
+        ms_fail(e, MS_ERR_NOMEM, "out of memory reading the metadata"); /* not a missing key */
+        goto fail;
+    }
     if (!m->arch_name) {
         ms_fail(e, MS_ERR_FORMAT, "%s: no 'general.architecture' in the metadata", f->parts[0].path);
         goto fail;
@@ -456,7 +464,7 @@ static void relocate_one(void *ud, void *field) {
 
 static int pread_all(int fd, uint8_t *dst, uint64_t n, uint64_t off) {
     while (n) {
-        ssize_t r = pread(fd, dst, (size_t)MS_MIN(n, (uint64_t)1 << 30), (off_t)off);
+        long r = ms_pread(fd, dst, (size_t)MS_MIN(n, (uint64_t)1 << 30), off);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) return r < 0 ? errno : -1;
         dst += r;

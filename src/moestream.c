@@ -20,15 +20,25 @@ struct ms_context {
     ms_model *m;
     const ms_backend *be;
     void *ctx;
+    int recurrent; /* the model has Gated DeltaNet layers: their state is updated in place */
 };
 
 void ms_model_params_default(ms_model_params *p) { memset(p, 0, sizeof *p); }
+
+/* "52.0 KiB" / "12.3 MiB" / "1.50 GiB" into buf. */
+static const char *fmt_bytes(char buf[32], uint64_t n) {
+    if (n < (1ull << 20)) snprintf(buf, 32, "%.1f KiB", n / 1024.0);
+    else if (n < (1ull << 30)) snprintf(buf, 32, "%.1f MiB", n / 1048576.0);
+    else snprintf(buf, 32, "%.2f GiB", n / 1073741824.0);
+    return buf;
+}
 
 ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **out, ms_error *err) {
     ms_model_params def;
     if (!p) ms_model_params_default(&def), p = &def;
     *out = NULL;
     quant_init();
+    ms_faults_init();
     gguf_file *f = gguf_open(path, err);
     if (!f) return err ? err->status : MS_ERR_IO;
     ms_model *m = model_load(f, p->n_expert_used, err); /* owns f from here */
@@ -66,8 +76,12 @@ ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **o
         if (model_make_resident(m, err)) goto fail;
         uint64_t dense = m->dense_arena_bytes + m->n_owned * sizeof(float);
         if (m->mem_budget && dense + MS_MEM_MARGIN >= m->mem_budget) {
-            ms_fail(err, MS_ERR_BUDGET, "the dense weights alone take %.2f GiB, more than the --mem budget of %.2f GiB allows",
-                    dense / 1073741824.0, m->mem_budget / 1073741824.0);
+            char b[32], d[32], mg[32], need[32];
+            ms_fail(err, MS_ERR_BUDGET,
+                    "the --mem budget of %s cannot hold the dense weights (%s) and the %s the process needs besides "
+                    "them; raise --mem above %s",
+                    fmt_bytes(b, m->mem_budget), fmt_bytes(d, dense), fmt_bytes(mg, MS_MEM_MARGIN),
+                    fmt_bytes(need, dense + MS_MEM_MARGIN));
             goto fail;
         }
     }
@@ -216,6 +230,8 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
     if (!c) return ms_fail(err, MS_ERR_NOMEM, "out of memory");
     c->m = m;
     c->be = be;
+    for (int il = 0; il < m->hp.n_layer; il++)
+        if (m->layers[il].kind == MS_LAYER_GDN) c->recurrent = 1;
     c->ctx = be->create(m, m->store, &bp, err);
     if (!c->ctx) {
         ms_free(c);
@@ -228,6 +244,18 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
         uint64_t cache = m->mem_budget ? (m->mem_budget > used ? m->mem_budget - used : 0)
                                        : experts_slot_bytes(m->store) * (uint64_t)m->hp.n_layer * m->hp.n_expert;
         if (experts_set_cache(m->store, cache, err)) {
+            if (err && err->status == MS_ERR_BUDGET && m->mem_budget) {
+                /* name the budget and what would do */
+                uint64_t slot = experts_slot_bytes(m->store), need = 2 * (uint64_t)m->hp.n_expert_used;
+                char b[32], cb[32], ub[32], sb[32], nb[32];
+                ms_fail(err, MS_ERR_BUDGET,
+                        "the --mem budget of %s leaves %s for the expert cache after the dense weights, this "
+                        "context and the process (%s): %llu experts of %s fit, decoding needs %llu; raise --mem "
+                        "to at least %s",
+                        fmt_bytes(b, m->mem_budget), fmt_bytes(cb, cache), fmt_bytes(ub, used),
+                        (unsigned long long)(cache / slot), fmt_bytes(sb, slot), (unsigned long long)need,
+                        fmt_bytes(nb, used + need * slot));
+            }
             ms_context_free(c);
             return err ? err->status : MS_ERR_BUDGET;
         }
@@ -243,7 +271,18 @@ void ms_context_free(ms_context *c) {
 }
 
 ms_status ms_eval(ms_context *c, const int32_t *tokens, int n, int all_logits, ms_error *err) {
-    return (ms_status)c->be->eval(c->ctx, tokens, n, all_logits, err);
+    ms_status st = (ms_status)c->be->eval(c->ctx, tokens, n, all_logits, err);
+    if (st != MS_OK && st != MS_ERR_ARG && st != MS_ERR_CONTEXT && c->recurrent) {
+        /* A batch that failed part way (a read error, no memory) has advanced the recurrent state
+         * of the layers before the failure while the position stayed: that state belongs to no
+         * position. Go back to the last checkpoint before it (or the start), whose state is whole,
+         * so the next evaluation continues from a true state. (Attention layers only wrote KV
+         * rows past the position, which the next evaluation overwrites.) */
+        int pos = ms_context_pos(c);
+        int rp = pos > 0 ? c->be->resume_point(c->ctx, pos - 1) : 0;
+        if (rp <= 0 || c->be->truncate(c->ctx, rp, NULL) != MS_OK) c->be->reset(c->ctx);
+    }
+    return st;
 }
 
 const float *ms_logits(const ms_context *c, int i) {

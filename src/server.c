@@ -57,7 +57,7 @@ typedef struct job {
     /* shared with the worker, under srv->mu */
     pthread_cond_t cv;
     int refs, done;
-    volatile int cancel;
+    int cancel;
     fbuf out;               /* SSE events, or the final body */
     size_t sent;
     unsigned status;
@@ -93,6 +93,16 @@ struct server {
 };
 
 /* ---- jobs ---- */
+
+static job *job_new(server *s) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) front_die("out of memory");
+    j->srv = s;
+    j->refs = 1;
+    j->fd = -1;
+    pthread_cond_init(&j->cv, NULL);
+    return j;
+}
 
 static void job_release(job *j) {
     server *s = j->srv;
@@ -184,7 +194,10 @@ static json_t *error_json(unsigned status, const char *param, const char *code, 
                        : status == 404 && code && !strcmp(code, "model_not_found") ? "invalid_request_error"
                        : status >= 500 ? "server_error"
                                        : "invalid_request_error";
-    return json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", msg, "type", type, "param", param, "code", code);
+    /* the message may quote what the client sent (a URL, a JSON parser's excerpt cut inside a
+     * UTF-8 sequence): never let it make the error itself unwritable */
+    return json_pack("{s:{s:o, s:s, s:s?, s:s?}}", "error", "message", jstr(msg, strlen(msg)), "type", type, "param",
+                     param, "code", code);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, server *s, unsigned status, const char *param,
@@ -220,6 +233,14 @@ static int fail(bad *b, unsigned status, const char *param, const char *code, co
     vsnprintf(b->msg, sizeof b->msg, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+/* A library call refused the request: the client's fault (400), or the server's (500: out of
+ * memory, a read error). */
+static int lib_fail(bad *b, ms_status st, const char *param, const ms_error *err) {
+    if (st == MS_ERR_ARG || st == MS_ERR_CONTEXT || st == MS_ERR_UNSUPPORTED)
+        return fail(b, 400, param, "invalid_value", "%s", err->msg);
+    return fail(b, 500, NULL, "internal_error", "%s", err->msg);
 }
 
 static const char *jtype(const json_t *v) {
@@ -464,8 +485,8 @@ static int parse_common(server *s, json_t *req, job *j, int default_max, bad *b)
 /* Tokenizes the prompt and checks it fits, leaving room for at least one token. */
 static int tokenize_prompt(server *s, job *j, const char *text, bad *b) {
     ms_error err;
-    if (ms_tokenize(s->m, text, strlen(text), 1, &j->ids, &j->n, &err))
-        return fail(b, 400, "messages", "invalid_value", "%s", err.msg);
+    ms_status st = ms_tokenize(s->m, text, strlen(text), 1, &j->ids, &j->n, &err);
+    if (st) return lib_fail(b, st, "messages", &err);
     int n_ctx = ms_context_n_ctx(s->c);
     if (j->n == 0) return fail(b, 400, "prompt", "invalid_value", "the prompt is empty");
     if (j->n >= n_ctx)
@@ -525,15 +546,17 @@ static int build_chat_job(server *s, json_t *req, job *j, bad *b) {
     }
     ms_error err;
     if (tools && (required || forced)) {
-        if (ms_chat_plan_new(s->tmpl, j->tools, forced, &j->plan, &err)) {
-            fail(b, 400, "tool_choice", "invalid_value", "%s", err.msg);
+        ms_status st = ms_chat_plan_new(s->tmpl, j->tools, forced, &j->plan, &err);
+        if (st) {
+            lib_fail(b, st, "tool_choice", &err);
             goto done;
         }
         thinking = 0; /* the call comes first */
     }
     p.thinking = thinking;
-    if (ms_chat_render(s->tmpl, x.m, x.n, &p, &text, &j->think_open, &err)) {
-        fail(b, 400, "messages", "invalid_value", "%s", err.msg);
+    ms_status st = ms_chat_render(s->tmpl, x.m, x.n, &p, &text, &j->think_open, &err);
+    if (st) {
+        lib_fail(b, st, "messages", &err);
         goto done;
     }
     if (tokenize_prompt(s, j, text, b)) goto done;
@@ -587,6 +610,54 @@ static int build_completion_job(server *s, json_t *req, job *j, bad *b) {
     return fail(b, 400, "prompt", "invalid_type", "'prompt' must be a string, one string in an array, or an array of token ids");
 }
 
+/* The body of a POST: a JSON object, else NULL with b filled for a 400. */
+static json_t *parse_body(const char *body, size_t len, bad *b) {
+    json_error_t je;
+    json_t *req = json_loadb(body ? body : "", len, 0, &je);
+    if (!req) {
+        fail(b, 400, NULL, "invalid_json", "the body is not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(req)) {
+        json_decref(req);
+        fail(b, 400, NULL, "invalid_json", "the body must be a JSON object");
+        return NULL;
+    }
+    return req;
+}
+
+unsigned serve_check_request(ms_model *m, ms_context *c, ms_chat *tmpl, const char *path, const char *body, size_t len,
+                             char **error_body) {
+    server s;
+    memset(&s, 0, sizeof s);
+    s.m = m;
+    s.c = c;
+    s.tmpl = tmpl;
+    front_opts_default(&s.o);
+    snprintf(s.model_id, sizeof s.model_id, "model");
+    s.max_tokens_limit = ms_context_n_ctx(c);
+    pthread_mutex_init(&s.mu, NULL);
+    *error_body = NULL;
+    bad b = {0};
+    int chat = !strcmp(path, "/v1/chat/completions"), rc = -1;
+    if (!chat && strcmp(path, "/v1/completions")) fail(&b, 404, NULL, "not_found", "unknown endpoint POST %s", path);
+    else {
+        json_t *req = parse_body(body, len, &b);
+        if (req) {
+            job *j = job_new(&s);
+            rc = chat ? build_chat_job(&s, req, j, &b) : build_completion_job(&s, req, j, &b);
+            json_decref(req);
+            job_release(j);
+        }
+    }
+    pthread_mutex_destroy(&s.mu);
+    if (!rc) return 200;
+    json_t *err = error_json(b.status, b.param[0] ? b.param : NULL, b.code, b.msg);
+    *error_body = dumps(err);
+    json_decref(err);
+    return b.status;
+}
+
 /* ---- the worker ---- */
 
 static void emit_event(fbuf *out, json_t *v) {
@@ -630,7 +701,10 @@ static void on_text(void *ud, ms_chat_part part, const char *text, size_t len) {
 
 static int job_cancelled(void *ud) {
     job *j = ud;
-    return j->cancel || j->srv->stopping;
+    pthread_mutex_lock(&j->srv->mu); /* connection threads set these under it (TSan) */
+    int c = j->cancel || j->srv->stopping;
+    pthread_mutex_unlock(&j->srv->mu);
+    return c;
 }
 
 static json_t *usage_json(const gen_result *r) {
@@ -835,12 +909,7 @@ static void stream_done(void *cls) {
 }
 
 static enum MHD_Result serve_job(struct MHD_Connection *conn, server *s, conn_ctx *cc, json_t *req, int chat) {
-    job *j = calloc(1, sizeof *j);
-    if (!j) front_die("out of memory");
-    j->srv = s;
-    j->refs = 1;
-    j->fd = -1;
-    pthread_cond_init(&j->cv, NULL);
+    job *j = job_new(s);
     cc->j = j;
     bad b = {0};
     int rc = chat ? build_chat_job(s, req, j, &b) : build_completion_job(s, req, j, &b);
@@ -1010,13 +1079,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (!post) return send_error(conn, s, 405, NULL, "method_not_allowed", "use POST %s", path);
     if (cc->too_big)
         return send_error(conn, s, 413, NULL, "request_too_large", "the request body is larger than %zu bytes", s->max_body);
-    json_error_t je;
-    json_t *req = json_loadb(cc->body.s ? cc->body.s : "", cc->body.len, 0, &je);
-    if (!req) return send_error(conn, s, 400, NULL, "invalid_json", "the body is not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
-    if (!json_is_object(req)) {
-        json_decref(req);
-        return send_error(conn, s, 400, NULL, "invalid_json", "the body must be a JSON object");
-    }
+    bad b = {0};
+    json_t *req = parse_body(cc->body.s, cc->body.len, &b);
+    if (!req) return send_json(conn, s, b.status, error_json(b.status, NULL, b.code, b.msg));
     return serve_job(conn, s, cc, req, is_chat);
 }
 
@@ -1126,6 +1191,9 @@ int cmd_serve(int argc, char **argv) {
     snprintf(s->model_id, sizeof s->model_id, "%s", alias ? alias : base ? base + 1 : s->o.model);
     size_t idl = strlen(s->model_id);
     if (!alias && idl > 5 && !strcmp(s->model_id + idl - 5, ".gguf")) s->model_id[idl - 5] = 0;
+    json_t *idv = jstr(s->model_id, strlen(s->model_id)); /* every response carries it: make it valid UTF-8 */
+    snprintf(s->model_id, sizeof s->model_id, "%s", json_string_value(idv));
+    json_decref(idv);
     s->started = (long)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

@@ -2,10 +2,14 @@
 #include "util.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 ms_status ms_fail(ms_err *e, ms_status status, const char *fmt, ...) {
     if (e) {
@@ -18,6 +22,70 @@ ms_status ms_fail(ms_err *e, ms_status status, const char *fmt, ...) {
     return status;
 }
 
+/* ---- test-only fault injection (util.h: ms_faults_init) ---- */
+
+static const char *fault_path; /* MS_FAULTS, or NULL: no faults */
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
+static char fault_seen[128]; /* the control text the counts below started from */
+static long fault_allocs, fault_reads;
+
+static void fault_setup(void) {
+    const char *p = getenv("MS_FAULTS");
+    if (p && *p) fault_path = p;
+}
+
+void ms_faults_init(void) { pthread_once(&fault_once, fault_setup); }
+
+/* The control file's first 127 bytes, NUL-terminated ("" when it is absent). No allocation. */
+static void fault_read(char buf[128]) {
+    buf[0] = 0;
+    int fd = open(fault_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t r = read(fd, buf, 127);
+    close(fd);
+    buf[r > 0 ? r : 0] = 0;
+}
+
+/* Reads the control file into f and counts one allocation (alloc) or read: returns the count
+ * since the file last changed. */
+static long fault_count(char f[128], int alloc) {
+    fault_read(f);
+    pthread_mutex_lock(&fault_mu);
+    if (strcmp(f, fault_seen)) {
+        memcpy(fault_seen, f, sizeof fault_seen);
+        fault_allocs = fault_reads = 0;
+    }
+    long n = alloc ? ++fault_allocs : ++fault_reads;
+    pthread_mutex_unlock(&fault_mu);
+    return n;
+}
+
+static int fault_alloc(void) {
+    char f[128];
+    long n, k = fault_count(f, 1);
+    return sscanf(f, "alloc %ld", &n) == 1 && k == n;
+}
+
+long ms_pread(int fd, void *buf, size_t n, uint64_t off) {
+    if (fault_path) {
+        char f[128], what[16];
+        long k = fault_count(f, 0), after = 0;
+        int nf = sscanf(f, "%15s %ld", what, &after);
+        if (nf >= 1 && k > after) { /* "read-eio N": the reads after the first N fail */
+            if (!strcmp(what, "read-eio")) {
+                errno = EIO;
+                return -1;
+            }
+            if (!strcmp(what, "read-eof")) return 0;
+            if (!strcmp(what, "read-partial") && n >= 8192) n = n / 2 / 4096 * 4096;
+        }
+    }
+    return (long)pread(fd, buf, n, (off_t)off);
+}
+
+/* ---- the host allocator ---- */
+
 static int (*alloc_hook)(void *ud);
 static void *alloc_hook_ud;
 
@@ -26,7 +94,10 @@ void ms_set_alloc_hook(int (*hook)(void *ud), void *ud) {
     alloc_hook_ud = ud;
 }
 
-static int alloc_allowed(void) { return !alloc_hook || alloc_hook(alloc_hook_ud); }
+static int alloc_allowed(void) {
+    if (fault_path && fault_alloc()) return 0;
+    return !alloc_hook || alloc_hook(alloc_hook_ud);
+}
 
 void *ms_malloc(size_t n) { return alloc_allowed() ? malloc(n ? n : 1) : NULL; }
 void *ms_calloc(size_t count, size_t size) {

@@ -32,6 +32,21 @@ char *ms_strdup(const char *s);
  * allocation if it returns 0. Process-wide; set it only from tests, before any other thread runs. */
 void ms_set_alloc_hook(int (*hook)(void *ud), void *ud);
 
+/* pread(2) for the reads that can fail at run time (expert slices, dense weights, embedding
+ * rows): the place where tests inject read faults (see ms_faults_init). */
+long ms_pread(int fd, void *buf, size_t n, uint64_t off);
+
+/* Test-only fault injection, off unless the environment variable MS_FAULTS names a control file
+ * when the first model is loaded (ms_model_load calls this; tests may call it earlier). The file is
+ * read again at every injection point, so a test can change the faults of a running process (the
+ * server) by rewriting it. Its first word says what fails:
+ *   read-eio [N]      every ms_pread fails with EIO (after the first N since the file changed)
+ *   read-eof [N]      every ms_pread reads nothing, as at the end of a file cut short
+ *   read-partial [N]  every ms_pread of 8 KiB or more returns half of it (4 KiB-aligned): no error
+ *   alloc N           the Nth host allocation (ms_malloc & co.) after the file last changed fails
+ * Anything else, an empty or a missing file: no fault. Unset, it costs a load and a branch. */
+void ms_faults_init(void);
+
 /* Monotonic time in seconds. */
 double ms_time(void);
 

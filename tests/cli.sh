@@ -58,6 +58,17 @@ expect_fail "empty file" "not a GGUF file" "$bin" info -m "$tmp/empty.gguf"
 expect_fail "text file" "not a GGUF file" "$bin" info -m "$tmp/text.gguf"
 expect_fail "truncated header" "truncated" "$bin" info -m "$tmp/truncated.gguf"
 expect_fail "truncated data" "truncated" "$bin" run -m "$tmp/truncated_data.gguf" -p hi
+expect_fail "budget below the dense weights" "the --mem budget of 10.0 MiB cannot hold the dense weights" \
+    "$bin" run -m "$tiny" --io pagecache --mem 10M -p hi
+expect_fail "budget without room for the cache" "raise --mem to at least" "$bin" run -m "$tiny" --mem 65M -p hi
+# reads and allocations that fail (MS_FAULTS, src/util.h): one line, exit status 1
+echo "read-eio" >"$tmp/faults"
+expect_fail "read error at load" "Input/output error" env MS_FAULTS="$tmp/faults" "$bin" run -m "$tiny" --io pagecache -p hi
+echo "read-eof 200" >"$tmp/faults"
+expect_fail "file cut short while running" "was the file truncated" env MS_FAULTS="$tmp/faults" "$bin" run -m "$tiny" \
+    --io pagecache --mem 68M -c 256 -p hi -n 8
+echo "alloc 100" >"$tmp/faults"
+expect_fail "allocation failure" "out of memory" env MS_FAULTS="$tmp/faults" "$bin" run -m "$tiny" -p hi
 expect_fail "prompt beyond context" "context holds 8" "$bin" run -m "$tiny" -c 8 -p "The quick brown fox jumps over the lazy dog again and again"
 expect_fail "empty prompt" "prompt is empty" "$bin" run -m "$tiny" -p ""
 expect_fail "bad ids" "not a token id" "$bin" logits -m "$tiny" --ids "$tmp/bad_ids.txt" -o "$tmp/l.f32"

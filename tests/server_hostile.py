@@ -85,6 +85,13 @@ def main():
     expect_error("JSON that is not an object", 400, "POST", C, raw=b"[1, 2]")
     expect_error("empty body", 400, "POST", C, raw=b"")
     expect_error("not UTF-8", 400, "POST", C, raw=b'{"messages": "\xff\xfe"}')
+    # error messages that quote the client: a parser excerpt cut inside a UTF-8 sequence (a fuzz
+    # finding: the error body could not be written and the server exited), a URL that is not UTF-8
+    expect_error("bad escape before a 2-byte character", 400, "POST", C, raw=b'{"messages": "{\\\xde\x9bity"}',
+                 code="invalid_json")
+    expect_error("a path that is not UTF-8", 404, "GET", "/%FF%FE")
+    expect_error("a model name that is not UTF-8", 404, "GET", "/v1/models/%C3")
+    ok_request("after errors that quote invalid UTF-8")
     expect_error("messages missing", 400, "POST", C, {"model": MODEL}, param="messages")
     expect_error("messages not an array", 400, "POST", C, {"messages": "hi"}, param="messages")
     expect_error("empty messages", 400, "POST", C, {"messages": []}, param="messages")
