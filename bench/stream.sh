@@ -29,6 +29,7 @@ res="$out/results.md"
 log() { echo "$@" | tee -a "$res"; }
 
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+load() { cut -d' ' -f1 /proc/loadavg; } # other work on the machine shows here
 
 # run CMD inside the 8 GiB cgroup when CG is set
 cg_run() {
@@ -45,7 +46,7 @@ ms_run() { # label mem extra-args...
     shift 2
     row=$(cg_run "$bin" bench -m "$model" -p 0 -n "$N" -t "$T" --io direct --mem "$mem" --lookahead \
         --disk-bw "$disk" "$@" 2>/dev/null | tail -1)
-    log "| $name | moestream --mem $mem | $label | $(echo "$row" | awk -F'|' '{print $9 "|" $10 "|" $11 "|" $12 "|" $13 "|" $14}') |"
+    log "| $name | moestream --mem $mem | $label | $(echo "$row" | awk -F'|' '{print $9 "|" $10 "|" $11 "|" $12 "|" $13 "|" $14}') | $(load) |"
     echo "$row" | awk -F'|' '{gsub(/ /,"",$9); split($9,a,"±"); print a[1]}' >"$out/last_ms"
 }
 
@@ -56,7 +57,7 @@ llama_run() { # label [quiet]
     tps=$(awk -F'|' '/^\| +1 \|/ {gsub(/ /,"",$9); print $9}' "$out/llama.txt" | tail -1)
     [ -n "$tps" ] || tps=failed
     [ -n "${2:-}" ] && return 0
-    log "| $name | llama.cpp mmap, no repack | $label | $tps | - | - | - | - | - |"
+    log "| $name | llama.cpp mmap, no repack | $label | $tps | - | - | - | - | - | $(load) |"
     echo "$tps" >"$out/last_llama"
 }
 
@@ -83,19 +84,19 @@ one_model() { # name skew
             where="$(free -g | awk '/Mem:/ {print $2}') GiB RAM"
         fi
         log ""
-        log "| model ($where, $T threads, tg$N) | system | run | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS |"
-        log "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        log "| model ($where, $T threads, tg$N) | system | run | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS | load avg |"
+        log "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         drop
         ms_run cold "$mem" --cold -r 1
         drop
         llama_run cold
-        log "| | | cold speedup | $(ratio) | | | | | |"
+        log "| | | cold speedup | $(ratio) | | | | | | |"
         drop
         ms_run warm "$mem" -r 2
         drop
         llama_run warm-up quiet
         llama_run warm
-        log "| | | warm speedup | $(ratio) | | | | | |"
+        log "| | | warm speedup | $(ratio) | | | | | | |"
     done
     [ -n "${KEEP:-}" ] || rm -f "$model"
 }
