@@ -280,29 +280,10 @@ static void matmul_ref(quant_dot_q16_fn dot, const uint8_t *w, size_t row_bytes,
                                   int64_t ldy) {                                                   \
         matmul_ref(dot_q16_##name, w, row_bytes, n, r0, r1, x, n_tok, y, ldy);                     \
     }
-REF_MM(q2_k)
-REF_MM(q3_k)
-REF_MM(q4_k) REF_MM(q5_k) REF_MM(q6_k) REF_MM(iq4_xs) REF_MM(q4_0) REF_MM(q4_1) REF_MM(q5_0)
-    REF_MM(q5_1) REF_MM(q8_0) REF_MM(iq4_nl) REF_MM(mxfp4)
+#define REF_MM_OF(T, name) REF_MM(name)
+Q16_TYPES(REF_MM_OF)
 
-#define K(T, name) [T] = dot_q16_##name
-#define M(T, name) [T] = matmul_q16_##name
-        const quant_kernels quant_q16_kernels_scalar = {
-            .name = "scalar",
-            .q16_quantize = quant_q16_quantize_ref,
-            .dot_q16 = {K(MS_TYPE_Q4_0, q4_0), K(MS_TYPE_Q4_1, q4_1), K(MS_TYPE_Q5_0, q5_0),
-                        K(MS_TYPE_Q5_1, q5_1), K(MS_TYPE_Q8_0, q8_0), K(MS_TYPE_Q2_K, q2_k),
-                        K(MS_TYPE_Q3_K, q3_k), K(MS_TYPE_Q4_K, q4_k), K(MS_TYPE_Q5_K, q5_k),
-                        K(MS_TYPE_Q6_K, q6_k), K(MS_TYPE_IQ4_NL, iq4_nl), K(MS_TYPE_IQ4_XS, iq4_xs),
-                        K(MS_TYPE_MXFP4, mxfp4)},
-            .matmul_q16 = {M(MS_TYPE_Q4_0, q4_0), M(MS_TYPE_Q4_1, q4_1), M(MS_TYPE_Q5_0, q5_0),
-                           M(MS_TYPE_Q5_1, q5_1), M(MS_TYPE_Q8_0, q8_0), M(MS_TYPE_Q2_K, q2_k),
-                           M(MS_TYPE_Q3_K, q3_k), M(MS_TYPE_Q4_K, q4_k), M(MS_TYPE_Q5_K, q5_k),
-                           M(MS_TYPE_Q6_K, q6_k), M(MS_TYPE_IQ4_NL, iq4_nl),
-                           M(MS_TYPE_IQ4_XS, iq4_xs), M(MS_TYPE_MXFP4, mxfp4)},
-};
-#undef K
-#undef M
+const quant_kernels quant_q16_kernels_scalar = Q16_KERNELS("scalar", quant_q16_quantize_ref);
 
 int quant_has_q16(int type) {
     return type >= 0 && type < MS_TYPE_COUNT && quant_q16_kernels_scalar.dot_q16[type] != NULL;

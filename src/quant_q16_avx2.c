@@ -565,21 +565,4 @@ B32_KERNELS(mxfp4, QB_MXFP4, 0)
 
 /* ---- table ---------------------------------------------------------------------------------- */
 
-#define K(T, name) [T] = dot_q16_##name
-#define M(T, name) [T] = matmul_q16_##name
-const quant_kernels quant_q16_kernels_avx2 = {
-    .name = "avx2",
-    .q16_quantize = q16_quantize,
-    .dot_q16 = {K(MS_TYPE_Q4_0, q4_0), K(MS_TYPE_Q4_1, q4_1), K(MS_TYPE_Q5_0, q5_0),
-                K(MS_TYPE_Q5_1, q5_1), K(MS_TYPE_Q8_0, q8_0), K(MS_TYPE_Q2_K, q2_k),
-                K(MS_TYPE_Q3_K, q3_k), K(MS_TYPE_Q4_K, q4_k), K(MS_TYPE_Q5_K, q5_k),
-                K(MS_TYPE_Q6_K, q6_k), K(MS_TYPE_IQ4_NL, iq4_nl), K(MS_TYPE_IQ4_XS, iq4_xs),
-                K(MS_TYPE_MXFP4, mxfp4)},
-    .matmul_q16 = {M(MS_TYPE_Q4_0, q4_0), M(MS_TYPE_Q4_1, q4_1), M(MS_TYPE_Q5_0, q5_0),
-                   M(MS_TYPE_Q5_1, q5_1), M(MS_TYPE_Q8_0, q8_0), M(MS_TYPE_Q2_K, q2_k),
-                   M(MS_TYPE_Q3_K, q3_k), M(MS_TYPE_Q4_K, q4_k), M(MS_TYPE_Q5_K, q5_k),
-                   M(MS_TYPE_Q6_K, q6_k), M(MS_TYPE_IQ4_NL, iq4_nl), M(MS_TYPE_IQ4_XS, iq4_xs),
-                   M(MS_TYPE_MXFP4, mxfp4)},
-};
-#undef K
-#undef M
+const quant_kernels quant_q16_kernels_avx2 = Q16_KERNELS("avx2", q16_quantize);

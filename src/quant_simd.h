@@ -46,6 +46,22 @@ typedef struct quant_kernels {
     quant_matmul_q16_fn matmul_q16[MS_TYPE_COUNT];
 } quant_kernels;
 
+/* The weight types with q16 kernels, as X(type, name) for a file that defines dot_q16_NAME and
+ * matmul_q16_NAME for each: Q16_KERNELS makes that file's table (the scalar reference and each
+ * ISA have every one of them). */
+#define Q16_TYPES(X)                                                                               \
+    X(MS_TYPE_Q4_0, q4_0) X(MS_TYPE_Q4_1, q4_1) X(MS_TYPE_Q5_0, q5_0) X(MS_TYPE_Q5_1, q5_1)       \
+    X(MS_TYPE_Q8_0, q8_0) X(MS_TYPE_Q2_K, q2_k) X(MS_TYPE_Q3_K, q3_k) X(MS_TYPE_Q4_K, q4_k)       \
+    X(MS_TYPE_Q5_K, q5_k) X(MS_TYPE_Q6_K, q6_k) X(MS_TYPE_IQ4_NL, iq4_nl)                         \
+    X(MS_TYPE_IQ4_XS, iq4_xs) X(MS_TYPE_MXFP4, mxfp4)
+#define Q16_DOT_ENTRY(T, name) [T] = dot_q16_##name,
+#define Q16_MM_ENTRY(T, name) [T] = matmul_q16_##name,
+#define Q16_KERNELS(isa, quantize)                                                                 \
+    {                                                                                              \
+        .name = isa, .q16_quantize = quantize, .dot_q16 = {Q16_TYPES(Q16_DOT_ENTRY)},              \
+        .matmul_q16 = {Q16_TYPES(Q16_MM_ENTRY)},                                                   \
+    }
+
 /* quant_q16.c: the q16 format's scalar reference (only the q16 fields are set). */
 extern const quant_kernels quant_q16_kernels_scalar;
 #if defined(__x86_64__)
