@@ -36,7 +36,7 @@ log "- llama.cpp: $("$llama/llama-bench" -m "$small" -p 0 -n 128 -r "$R" -t "$T"
 fit=$out/qwen3-30b-a3b-22l-q4k.gguf
 [ -f "$fit" ] || "$bin" synth --preset qwen3-30b-a3b --layers 22 --type Q4_K -o "$fit"
 log ""
-log "## synthetic qwen3-30b-a3b, 22 layers, Q4_K ($(du -h "$fit" | cut -f1)): pp512, tg128 (load avg $(load))"
+log "## synthetic qwen3-30b-a3b, 22 layers, Q4_K ($(du -hL "$fit" | cut -f1)): pp512, tg128 (load avg $(load))"
 "$bin" bench -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ms_fit.txt"
 "$llama/llama-bench" -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ll_fit.txt"
 log "- moestream: $(ms_tps <"$out/ms_fit.txt" | tr '\n' ' ')"
@@ -44,9 +44,13 @@ log "- llama.cpp: $(ll_tps <"$out/ll_fit.txt" | tr '\n' ' ')"
 
 if [ -n "${BIG:-}" ]; then
     log ""
-    log "## $(basename "$BIG") ($(du -h "$BIG" | cut -f1)), pp512, cold (load avg $(load))"
+    log "## $(basename "$BIG") ($(du -hL "$BIG" | cut -f1)), pp512, cold (load avg $(load), disk ${DISK_BW:-1.42} GB/s)"
     sync; echo 3 >/proc/sys/vm/drop_caches
-    log "- moestream --io direct --mem $MEM: $("$bin" bench -m "$BIG" -p 512 -n 0 -r 1 --no-warmup -t "$T" --io direct --mem "$MEM" 2>/dev/null | ms_tps)"
+    "$bin" bench -m "$BIG" -p 512 -n 0 -r 1 --no-warmup -t "$T" --io direct --mem "$MEM" --disk-bw "${DISK_BW:-1.42}" \
+        2>/dev/null >"$out/ms_big.txt"
+    # the roofline: the expert bytes the batch read, once each, at DISK_BW GB/s (bench/disk.c measures it)
+    log "- moestream --io direct --mem $MEM: $(ms_tps <"$out/ms_big.txt") | read GB/s, roofline t/s, % of roofline: \
+$(awk -F'|' '/\| pp[0-9]/ {print $11 "," $12 "," $13}' "$out/ms_big.txt")"
     sync; echo 3 >/proc/sys/vm/drop_caches
     "$llama/llama-batched-bench" -m "$BIG" -npp 512 -ntg 1 -npl 1 -c 600 -t "$T" --no-repack >"$out/ll_big.txt" 2>&1 || true
     log "- llama.cpp mmap, no repack: pp512: $(awk -F'|' '/^\| +512 \|/ {gsub(/ /,"",$7); print $7}' "$out/ll_big.txt")"
