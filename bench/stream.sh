@@ -12,11 +12,15 @@
 #     copies the whole model into RAM and fails here)
 # then the same under an 8 GiB cgroup-v1 memory limit (page cache counted), moestream with
 # --mem MEM8. Needs root (drop_caches, cgroups) and ~50 GB of free disk in OUT_DIR.
+# MODELS="skew uniform" picks (and orders) the models; an OUT_DIR/NAME.gguf already there is
+# used as it is (and deleted after, unless KEEP=1). LLAMA_N: tokens per llama.cpp run (default
+# N; its rate at 0.03-0.2 tok/s makes each token cost seconds to minutes).
 set -eu
 out=${1:-/tmp/ms-stream}
 bin=${MS_BIN:-./moestream}
 llama=${LLAMA_BIN:?set LLAMA_BIN to a llama.cpp build/bin directory}
 N=${N:-32}
+LLAMA_N=${LLAMA_N:-$N}
 T=${THREADS:-2}
 MEM=${MEM:-20G}
 MEM8=${MEM8:-7.5G}
@@ -52,7 +56,7 @@ ms_run() { # label mem extra-args...
 
 llama_run() { # label [quiet]
     label=$1
-    cg_run "$llama/llama-batched-bench" -m "$model" -npp 1 -ntg "$N" -npl 1 -c 256 -t "$T" --no-repack \
+    cg_run "$llama/llama-batched-bench" -m "$model" -npp 1 -ntg "$LLAMA_N" -npl 1 -c 256 -t "$T" --no-repack \
         >"$out/llama.txt" 2>&1 || true
     tps=$(awk -F'|' '/^\| +1 \|/ {gsub(/ /,"",$9); print $9}' "$out/llama.txt" | tail -1)
     [ -n "$tps" ] || tps=failed
@@ -84,7 +88,7 @@ one_model() { # name skew
             where="$(free -g | awk '/Mem:/ {print $2}') GiB RAM"
         fi
         log ""
-        log "| model ($where, $T threads, tg$N) | system | run | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS | load avg |"
+        log "| model ($where, $T threads, moestream tg$N, llama.cpp tg$LLAMA_N) | system | run | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS | load avg |"
         log "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         drop
         ms_run cold "$mem" --cold -r 1
@@ -102,6 +106,11 @@ one_model() { # name skew
 }
 
 log "moestream $(git rev-parse --short HEAD 2>/dev/null), $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
-one_model uniform 0
-one_model skew"$SKEW" "$SKEW"
+for m in ${MODELS:-uniform skew}; do
+    case $m in
+    uniform) one_model uniform 0 ;;
+    skew) one_model skew"$SKEW" "$SKEW" ;;
+    *) echo "unknown model '$m' in MODELS (uniform, skew)" >&2; exit 1 ;;
+    esac
+done
 echo "results in $res"
