@@ -119,7 +119,9 @@ typedef struct ms_context_params {
     int n_ctx;         /* positions (default 4096) */
     int n_batch;       /* tokens per forward pass (default 512) */
     int n_threads;     /* 0: every online CPU */
-    int lookahead;     /* 1: run each next layer's router early and prefetch its experts (decode) */
+    int lookahead;     /* 1: run each next layer's router early and prefetch its experts; 0: no;
+                        * -1 (the default): on where experts are read into a cache (--io
+                        * pagecache or direct), where it measured faster, off with mmap */
     int gpu;           /* 1: the CUDA backend (needs a CUDA build) */
     int gpu_device;    /* CUDA device index */
     uint64_t gpu_mem;  /* VRAM budget in bytes for the GPU backend (0: what is free) */

@@ -53,7 +53,7 @@ static void usage(void) {
          "  -n N              generation test of N tokens one at a time (default 128; 0: skip)\n"
          "  -r N              repetitions (default 3); a warm-up run precedes them unless --no-warmup\n"
          "  -t N              threads (default: all cores)\n"
-         "  --io MODE, --mem SIZE, --evict lru|lfu, --lookahead   expert residency, budget, policy, prefetch\n"
+         "  --io MODE, --mem SIZE, --evict lru|lfu, --[no-]lookahead   expert residency, budget, policy, prefetch\n"
          "  --cold            drop the OS page cache and reload the model before every repetition (root)\n"
          "  --sweep-mem A,B,C run the generation test at each budget; --svg FILE draws the sweep\n"
          "  -o md|json|csv    output format (default md)\n"

@@ -67,6 +67,7 @@ void fbuf_free(fbuf *b) {
 void front_opts_default(front_opts *o) {
     memset(o, 0, sizeof *o);
     o->n_batch = 512;
+    o->lookahead = -1; /* the library's default: on where experts are read */
     ms_sampler_params_default(&o->sp);
 }
 
@@ -118,6 +119,7 @@ int front_parse_common(int argc, char **argv, int *i, front_opts *o) {
     else if (!strcmp(a, "--mem")) o->mem = front_size(a, front_arg(argc, argv, i));
     else if (!strcmp(a, "--io-threads")) o->io_threads = (int)front_int(a, front_arg(argc, argv, i), 1, 1024);
     else if (!strcmp(a, "--lookahead")) o->lookahead = 1;
+    else if (!strcmp(a, "--no-lookahead")) o->lookahead = 0;
     else if (!strcmp(a, "--gpu")) o->gpu = 1;
     else if (!strcmp(a, "--gpu-device")) o->gpu_device = (int)front_int(a, front_arg(argc, argv, i), 0, 64);
     else if (!strcmp(a, "--gpu-mem")) o->gpu_mem = front_size(a, front_arg(argc, argv, i)), o->gpu = 1;

@@ -208,6 +208,7 @@ void ms_context_params_default(ms_context_params *p) {
     memset(p, 0, sizeof *p);
     p->n_ctx = 4096;
     p->n_batch = 512;
+    p->lookahead = -1;
 }
 
 ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **out, ms_error *err) {
@@ -218,7 +219,8 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
     bp.n_ctx = p->n_ctx > 0 ? p->n_ctx : 4096;
     bp.n_batch = p->n_batch > 0 ? p->n_batch : 512;
     bp.n_threads = p->n_threads;
-    bp.lookahead = p->lookahead;
+    /* the GPU backend has its own default (on) for -1 */
+    bp.lookahead = p->lookahead >= 0 ? p->lookahead : !p->gpu && experts_io_mode(m->store) != MS_IO_MMAP;
     bp.gpu_mem = p->gpu_mem;
     bp.gpu_device = p->gpu_device;
     const ms_backend *be = &ms_backend_cpu;
