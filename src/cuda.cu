@@ -14,12 +14,18 @@
  * by a matrix-vector kernel for up to 8 tokens (k_mv: a warp per row for many rows, four warps
  * per row for few long ones; one token of a Q4_K row takes 16-byte loads, q4k_dot) and a
  * 64x64-tiled matrix product for more (k_mm). Both take "groups" (one per expert: its weights
- * and a run of token slots), so all the experts of a layer go in one launch. q|k|v (and a Gated
+ * and a run of token slots), so all the experts of a layer go in one launch. One token of Q4_K
+ * rows, the decode path of Q4_K models, goes to k_mvq instead: weight loads issued first, x in
+ * shared memory (RMS-normed there for q|k|v), nibbles turned into floats without I2F, several
+ * rows a warp, and all experts' down rows of one output row in one warp. q|k|v (and a Gated
  * DeltaNet layer's qkv|z) are stacked into one matrix at upload when they share a type. The
- * router's top-k runs in the last block of the router product for one token. Attention uses an
- * online softmax over the KV cache (one kernel per token when decoding: norms, RoPE, cache write
- * and attention); the Gated DeltaNet recurrence keeps each state row in a warp's registers across
- * the batch's tokens, after one kernel for its conv, L2 norms and gates.
+ * router's top-k runs in the last block of the router product for one token (with an F32 router,
+ * k_router1: ffn norm, router and top-k in one launch). Attention uses an online softmax over
+ * the KV cache (one kernel per token when decoding: norms, RoPE, cache write and attention,
+ * position-parallel for head dims 64, 128 and 256, k_attn1b); the Gated DeltaNet recurrence
+ * keeps each state row in a warp's registers across the batch's tokens, after one kernel for its
+ * conv, L2 norms and gates. A resident decode step of an attention layer is 6 launches: q|k|v
+ * (with the norm), attention, output, router (with norm and top-k), gate|up, down.
  *
  * The expert cache: VRAM slots of one expert each (gate | up | down). A (layer, expert) maps to
  * at most one slot. On a miss the victim is the least frequently requested owner among a
@@ -50,13 +56,15 @@
  * MS_CUDA_STAGING=1 forces staging buffers, MS_CUDA_REGISTER=0|1 (default: when the files fit in
  * RAM), MS_CUDA_GRAPHS=0, MS_CUDA_STACK=0 (no stacked projections), MS_CUDA_TIMING=1 (per-phase
  * GPU times from events), MS_CUDA_WIDE_ROWS / MS_CUDA_MV_ITEMS (k_mv's warps-per-row choice),
- * MS_CUDA_LOOKAHEAD=0|1 (router lookahead; default on, see GPU_LOOKAHEAD_DEFAULT).
+ * MS_CUDA_LOOKAHEAD=0|1 (router lookahead; default on, see GPU_LOOKAHEAD_DEFAULT), MS_CUDA_MVQ=0 (one
+ * token of Q4_K on k_mv, not k_mvq), MS_CUDA_MVQ_R=a,b,c (k_mvq's rows a warp, see mvq_r).
  *
- * TODO: decode attention is a warp per position stride and slows with depth (tg at 512 tokens of
- * context is ~0.6x tg at 0). The lookahead prefetches only for single-token decode (a prefill
- * batch routes to most experts anyway), and its prefetch and hit counts reach callers through
- * ms_stats (gpu_prefetches, gpu_prefetch_used). After a failed batch the
- * slots of an unfinished copy (a miss or a prefetch) stay mapped as if filled, as before.
+ * TODO: decode attention for other head dims is a warp per position stride and slows with depth;
+ * k_mvq covers Q4_K only (Q6_K and Q5_K rows of Q4_K_M files still take k_mv). The lookahead
+ * prefetches only for single-token decode (a prefill batch routes to most experts anyway), and
+ * its prefetch and hit counts reach callers through ms_stats (gpu_prefetches,
+ * gpu_prefetch_used). After a failed batch the slots of an unfinished copy (a miss or a
+ * prefetch) stay mapped as if filled, as before.
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -396,6 +404,41 @@ __device__ __forceinline__ float q4k_dot(const uint8_t *__restrict__ row, const 
     return acc;
 }
 
+/* Exact float of a small non-negative integer without I2F (a quarter-rate instruction): byte k
+ * of w (at most 255) under the exponent of 2^23, minus 2^23. */
+__device__ __forceinline__ float byte_f(uint32_t w, int k) {
+    return __int_as_float(__byte_perm(w, 0x4B000000u, 0x7440 | k)) - 8388608.0f;
+}
+__device__ __forceinline__ float small_f(int v) { return __int_as_float(0x4B000000 | v) - 8388608.0f; }
+
+/* One Q4_K piece times its activations: q holds quant bytes 16p .. 16p + 15 of a block (h its
+ * 16-byte header, k = p / 2), whose low nibbles are 16 values of sub-block 2k and high nibbles
+ * 16 of sub-block 2k + 1; xv[0..3] are the low nibbles' activations, xv[4..7] the high ones',
+ * sx their two sums. The same products and scale/min as q4k_dot. */
+__device__ __forceinline__ float q4k_piece(uint4 q, uint4 h, int k, const float4 xv[8], float2 sx) {
+    int sc0, m0, sc1, m1;
+    scale_min_w(h.y, h.z, h.w, 2 * k, &sc0, &m0);
+    scale_min_w(h.y, h.z, h.w, 2 * k + 1, &sc1, &m1);
+    const float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xFFFF)));
+    const float dmin = __half2float(__ushort_as_half((unsigned short)(h.x >> 16)));
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+    float sq0 = 0.0f, sq1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint32_t lo = w[i] & 0x0F0F0F0Fu, hi = (w[i] >> 4) & 0x0F0F0F0Fu;
+        const float4 a = xv[i], c = xv[4 + i];
+        sq0 = fmaf(byte_f(lo, 0), a.x, sq0);
+        sq0 = fmaf(byte_f(lo, 1), a.y, sq0);
+        sq0 = fmaf(byte_f(lo, 2), a.z, sq0);
+        sq0 = fmaf(byte_f(lo, 3), a.w, sq0);
+        sq1 = fmaf(byte_f(hi, 0), c.x, sq1);
+        sq1 = fmaf(byte_f(hi, 1), c.y, sq1);
+        sq1 = fmaf(byte_f(hi, 2), c.z, sq1);
+        sq1 = fmaf(byte_f(hi, 3), c.w, sq1);
+    }
+    return (d * small_f(sc0)) * sq0 - (dmin * small_f(m0)) * sx.x + (d * small_f(sc1)) * sq1 - (dmin * small_f(m1)) * sx.y;
+}
+
 /* Every type the backend runs, for the dispatchers below. */
 #define MS_CUDA_TYPES(X)                                                                                    \
     X(MS_TYPE_F32) X(MS_TYPE_F16) X(MS_TYPE_BF16) X(MS_TYPE_Q4_0) X(MS_TYPE_Q4_1) X(MS_TYPE_Q5_0)           \
@@ -552,6 +595,8 @@ typedef struct mv_args {
     const float *scale;
     int *tail_done;         /* one token, 4 warps a row: the last block to finish runs the top-k */
     topk_args tk;
+    const float *nw;        /* k_mvq only: x is RMS-normed with these weights first (one group) */
+    float eps;
 } mv_args;
 
 __device__ __forceinline__ void mv_out(const mv_args &a, int s, int r, float v, float v2) {
@@ -689,6 +734,218 @@ template <int TYPE, int NT, int WPR> __global__ void __launch_bounds__(MV_WARPS 
     }
 }
 
+/* One token of Q4_K rows (n_in % 256 == 0), the decode path: a block's warps take R rows each
+ * (R gate/up pairs with DUAL), lanes take 32-value pieces ("items"). Every lane issues its
+ * weight loads first, then the block copies x into shared memory (RMS-normed there when a.nw is
+ * set, so no separate norm kernel runs), in piece order with a row of 36 floats per piece (no
+ * bank conflicts) and the sums of each half-piece that the mins need. With sum_groups the items
+ * run over every group's pieces, so the experts' down products of one row are a single warp's
+ * work. NI: items per lane (the last may be partial). A block takes tiles of MVQ_WARPS * R rows
+ * blockIdx.x, + gridDim.x, ...: large matrices copy x once per mvq_max_blocks, not per tile. */
+#define MVQ_WARPS 4
+#define MVQ_MAXG 64
+
+template <int NI, int R, bool DUAL>
+__device__ __forceinline__ void mvq_load(const mv_args &a, const uint8_t *(&base)[NI], const uint8_t *base2, const int (&poff)[NI],
+                                         int items, int lane, int r0, uint4 (&q)[R][NI], uint4 (&hd)[R][NI],
+                                         uint4 (&q2)[DUAL ? R : 1][NI], uint4 (&hd2)[DUAL ? R : 1][NI]) {
+#pragma unroll
+    for (int i = 0; i < NI; i++) {
+        const bool on = lane + 32 * i < items;
+        const size_t bo = 144 * (size_t)(poff[i] >> 3);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const bool live = on && r0 + r < a.n_out;
+            const size_t ro = (size_t)(r0 + r) * a.row_bytes + bo;
+            q[r][i] = hd[r][i] = make_uint4(0, 0, 0, 0);
+            if (live) {
+                hd[r][i] = __ldg((const uint4 *)(base[i] + ro));
+                q[r][i] = __ldg((const uint4 *)(base[i] + ro + 16 + 16 * (poff[i] & 7)));
+            }
+            if constexpr (DUAL) {
+                q2[r][i] = hd2[r][i] = make_uint4(0, 0, 0, 0);
+                if (live) {
+                    hd2[r][i] = __ldg((const uint4 *)(base2 + ro));
+                    q2[r][i] = __ldg((const uint4 *)(base2 + ro + 16 + 16 * (poff[i] & 7)));
+                }
+            }
+        }
+    }
+}
+
+template <int NI, int R, bool DUAL> __global__ void __launch_bounds__(MVQ_WARPS * 32) k_mvq(mv_args a) {
+    extern __shared__ float4 mvq_smem[];
+    const int lane = threadIdx.x & 31, upr = a.n_in >> 5;
+    const int G = a.sum_groups ? a.n_groups : 1, items = G * upr;
+    const mv_group g = a.sum_groups ? a.g : a.groups ? a.groups[blockIdx.y] : a.g;
+    if (!a.sum_groups && g.ns <= 0) return; /* the whole block: g depends on blockIdx.y only */
+    float *xs = (float *)mvq_smem;          /* [items][36] */
+    float2 *xsum = (float2 *)(xs + (size_t)items * 36);
+    const int n_tiles = (a.n_out + MVQ_WARPS * R - 1) / (MVQ_WARPS * R);
+    /* each item's matrix, piece within the row (u = 8 * block + piece) and group scale */
+    const uint8_t *base[NI];
+    int poff[NI];
+    float gsc[NI];
+#pragma unroll
+    for (int i = 0; i < NI; i++) {
+        const int it = lane + 32 * i;
+        const int gi = a.sum_groups ? it / upr : 0;
+        poff[i] = it - gi * upr;
+        base[i] = g.w;
+        gsc[i] = 1.0f;
+        if (a.sum_groups && it < items) {
+            const mv_group gg = a.groups[gi];
+            base[i] = gg.w;
+            if (a.scale) gsc[i] = a.scale[gg.s0];
+        }
+    }
+    uint4 q[R][NI], hd[R][NI], q2[DUAL ? R : 1][NI], hd2[DUAL ? R : 1][NI];
+    int tile = blockIdx.x;
+    mvq_load<NI, R, DUAL>(a, base, g.w2, poff, items, lane, (tile * MVQ_WARPS + (threadIdx.x >> 5)) * R, q, hd, q2, hd2);
+    /* x into shared memory: thread t takes half-pieces t, t + blockDim, ... (16 values each);
+     * when the norm's inputs are one half-piece a thread, they are read once, into registers */
+    float sn = 1.0f;
+    const bool one = 2 * items <= (int)blockDim.x;
+    float4 xr0[4];
+    if (a.nw) {
+        const float *xr = a.x + (size_t)(a.x_idx ? a.x_idx[g.s0] : g.s0) * a.ldx;
+        float ss = 0.0f;
+        if (one) {
+            const int hf = threadIdx.x, u = hf >> 1, p = u & 7;
+            const int col = 256 * (u >> 3) + 64 * (p >> 1) + 32 * (hf & 1) + 16 * (p & 1);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                xr0[j] = hf < 2 * items ? *(const float4 *)(xr + col + 4 * j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                ss += xr0[j].x * xr0[j].x + xr0[j].y * xr0[j].y + xr0[j].z * xr0[j].z + xr0[j].w * xr0[j].w;
+            }
+        } else {
+            for (int i = threadIdx.x; i < a.n_in / 4; i += blockDim.x) {
+                const float4 v = *(const float4 *)(xr + 4 * i);
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+        }
+        ss = block_sum(ss);
+        sn = (float)(1.0 / sqrt((double)ss / a.n_in + a.eps));
+    }
+    for (int hf = threadIdx.x; hf < 2 * items; hf += blockDim.x) {
+        const int it = hf >> 1, half = hf & 1;
+        const int gi = a.sum_groups ? it / upr : 0, u = it - gi * upr;
+        const int s = a.sum_groups ? a.groups[gi].s0 : g.s0;
+        const int p = u & 7, col = 256 * (u >> 3) + 64 * (p >> 1) + 32 * half + 16 * (p & 1);
+        const float *src = a.x + (size_t)(a.x_idx ? a.x_idx[s] : s) * a.ldx + col;
+        float *dst = xs + (size_t)it * 36 + 16 * half;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float4 v = a.nw && one ? xr0[j] : *(const float4 *)(src + 4 * j);
+            if (a.nw) {
+                const float4 w = *(const float4 *)(a.nw + col + 4 * j);
+                v.x = v.x * sn * w.x, v.y = v.y * sn * w.y, v.z = v.z * sn * w.z, v.w = v.w * sn * w.w;
+            }
+            *(float4 *)(dst + 4 * j) = v;
+            sum += v.x + v.y + v.z + v.w;
+        }
+        ((float *)xsum)[hf] = sum;
+    }
+    __syncthreads();
+    for (;;) {
+        const int r0 = (tile * MVQ_WARPS + (threadIdx.x >> 5)) * R;
+        float acc[R], acc2[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = acc2[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < NI; i++) {
+            const int it = lane + 32 * i;
+            if (it >= items) break;
+            const int k = (poff[i] & 7) >> 1;
+            float4 xv[8];
+            const float4 *xp = (const float4 *)(xs + (size_t)it * 36);
+#pragma unroll
+            for (int j = 0; j < 8; j++) xv[j] = xp[j];
+            const float2 sx = xsum[it];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                acc[r] += gsc[i] * q4k_piece(q[r][i], hd[r][i], k, xv, sx);
+                if constexpr (DUAL) acc2[r] += q4k_piece(q2[r][i], hd2[r][i], k, xv, sx);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const float v = warp_sum(acc[r]), v2 = DUAL ? warp_sum(acc2[r]) : 0.0f;
+            const int row = r0 + r;
+            if (lane == 0 && row < a.n_out) {
+                if (a.sum_groups) a.y[row] += v;
+                else mv_out(a, g.s0, row, v, v2);
+            }
+        }
+        tile += gridDim.x;
+        if (tile >= n_tiles) break;
+        mvq_load<NI, R, DUAL>(a, base, g.w2, poff, items, lane, (tile * MVQ_WARPS + (threadIdx.x >> 5)) * R, q, hd, q2, hd2);
+    }
+}
+
+static int mvq_on = 1; /* MS_CUDA_MVQ=0: one-token Q4_K products on k_mv instead of k_mvq */
+
+/* Items (32-value pieces) per row k_mvq would take for a, or 0 when it cannot run a. */
+static int mvq_items(int type, const mv_args &a, int max_ns, int n_groups) {
+    if (!mvq_on || type != MS_TYPE_Q4_K || max_ns > 1 || a.tail_done || (a.n_in & 255)) return 0;
+    if (a.sum_groups && n_groups > MVQ_MAXG) return 0;
+    if (a.nw && (a.sum_groups || n_groups != 1)) return 0;
+    const int items = (a.sum_groups ? n_groups : 1) * (a.n_in >> 5);
+    if (items > (a.mode == MV_SWIGLU ? 4 : 8) * 32 || (size_t)items * (36 * 4 + 8) > 48 * 1024) return 0;
+    return items;
+}
+
+static int mvq_max_blocks = 132 * 8; /* k_mvq's grid.x at most: 8 blocks a multiprocessor */
+
+template <int NI, int R, bool DUAL> static void launch_mvq_t(const mv_args &a, int n_groups, size_t smem, cudaStream_t st) {
+    const int rows = MVQ_WARPS * R, tiles = (a.n_out + rows - 1) / rows;
+    dim3 grid((unsigned)MS_MIN(tiles, mvq_max_blocks), a.sum_groups ? 1u : (unsigned)n_groups);
+    k_mvq<NI, R, DUAL><<<grid, MVQ_WARPS * 32, smem, st>>>(a);
+}
+
+/* Rows a warp (R) for rows of at most 2 items a lane, of 3 to 6, and for gate/up pairs
+ * (MS_CUDA_MVQ_R=a,b,c; 1, 2 or 4, 1 or 2, 1 or 2). More rows a warp read x from shared memory
+ * once for all and make fewer, longer blocks: fewer copies of x, and the small matrices of one
+ * token fit one wave of blocks. Measured (H100, qwen3-30b-a3b Q4_K decode): 4,2,1 317 tok/s,
+ * 4,2,2 312, 2,2,1 312, 4,1,1 302, 1,1,1 299, 2,1,1 297, 2,1,2 291. */
+static int mvq_r[3] = {4, 2, 1};
+
+template <int NI> static void launch_mvq_ni(const mv_args &a, int n_groups, size_t smem, cudaStream_t st) {
+    if constexpr (NI <= 4) {
+        if (a.mode == MV_SWIGLU) {
+            if constexpr (NI <= 2) {
+                if (mvq_r[2] >= 2) {
+                    launch_mvq_t<NI, 2, true>(a, n_groups, smem, st);
+                    return;
+                }
+            }
+            launch_mvq_t<NI, 1, true>(a, n_groups, smem, st);
+            return;
+        }
+    }
+    if constexpr (NI <= 2) {
+        if (mvq_r[0] >= 4) launch_mvq_t<NI, 4, false>(a, n_groups, smem, st);
+        else if (mvq_r[0] >= 2) launch_mvq_t<NI, 2, false>(a, n_groups, smem, st);
+        else launch_mvq_t<NI, 1, false>(a, n_groups, smem, st);
+    } else if constexpr (NI <= 6) {
+        if (mvq_r[1] >= 2) launch_mvq_t<NI, 2, false>(a, n_groups, smem, st);
+        else launch_mvq_t<NI, 1, false>(a, n_groups, smem, st);
+    } else {
+        launch_mvq_t<NI, 1, false>(a, n_groups, smem, st);
+    }
+}
+
+static void launch_mvq(const mv_args &a, int items, int n_groups, cudaStream_t st) {
+    const size_t smem = (size_t)items * (36 * 4 + 8);
+    const int ni = (items + 31) / 32;
+    if (ni <= 1) launch_mvq_ni<1>(a, n_groups, smem, st);
+    else if (ni <= 2) launch_mvq_ni<2>(a, n_groups, smem, st);
+    else if (ni <= 4) launch_mvq_ni<4>(a, n_groups, smem, st);
+    else if (ni <= 6) launch_mvq_ni<6>(a, n_groups, smem, st);
+    else launch_mvq_ni<8>(a, n_groups, smem, st);
+}
+
 #define MM_BM 64 /* rows per tile */
 #define MM_BN 64 /* tokens per tile */
 #define MM_BK 32 /* values of the shared dimension per step */
@@ -790,7 +1047,10 @@ template <int TYPE, int WPR> static void launch_mv_t(const mv_args &a, int max_n
 }
 
 template <int TYPE> static void launch_mat_t(const mv_args &a, int max_ns, int n_groups, cudaStream_t st) {
-    if (a.sum_groups || max_ns <= 8) {
+    const int items = mvq_items(TYPE, a, max_ns, n_groups);
+    if (items) {
+        launch_mvq(a, items, n_groups, st);
+    } else if (a.sum_groups || max_ns <= 8) {
         /* a warp per row when the rows alone fill the GPU several times over, else four */
         const long long warps = (long long)a.n_out * (a.sum_groups ? 1 : n_groups);
         /* work items per row: Q4_K one token takes 32 values at a time, the rest 8 */
@@ -1061,6 +1321,212 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         o /= L;
         if (gated) o *= d_sigmoid(a[(size_t)h * 2 * hd + hd + d]);
         out[(size_t)h * hd + d] = o;
+    }
+}
+
+/* k_attn1 for head dims of 64, 128, 256, position-parallel: the same prologue, then per chunk
+ * of ATT_CHUNK positions the scores (HD / 16 lanes a position, 16 dims each, no dependence from
+ * one position to the next) into shared memory, the chunk's maximum over the block, and the
+ * weighted values (a float4 column per lane, a warp per value row or two). Running maximum and
+ * sums carry over chunks as an online softmax, so any context length works; the warps' partial
+ * sums share one maximum and add up at the end. */
+#define ATT_CHUNK 1024
+template <int HD>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn1b(const float *a, int gated, float *kc, float *vc, const float *kv_in, int kvd, const float *qn, const float *kn,
+             int n_head, int n_head_kv, int n_rot, const int *d_pos, float base, float eps, float *out) {
+    /* scores: lanes a position, positions a warp step; values: lanes a row, float4s a lane, rows a warp */
+    constexpr int LP = HD / 16, PPW = 32 / LP;
+    constexpr int LC = HD / 4 < 32 ? HD / 4 : 32, CW = HD / 4 / LC, RW = 32 / LC;
+    __shared__ __align__(16) float qs[HD], ks[HD], vs[HD];
+    __shared__ float sc[ATT_CHUNK];
+    __shared__ __align__(16) float sacc[ATT_WARPS * RW][HD];
+    __shared__ float sl[ATT_WARPS * RW];
+    const int h = blockIdx.x, grp = n_head / n_head_kv, kvh = h / grp, pos = *d_pos;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const float *qsrc = a + (size_t)h * HD * (gated ? 2 : 1);
+    const size_t koff = (size_t)kvh * HD;
+    const float *ksrc = kv_in + koff, *vsrc = kv_in + kvd + koff;
+    float sq = 0.0f, sk = 0.0f;
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        qs[d] = qsrc[d];
+        ks[d] = ksrc[d];
+        vs[d] = vsrc[d];
+        sq += qs[d] * qs[d];
+        sk += ks[d] * ks[d];
+    }
+    if (qn) sq = block_sum(sq);
+    if (kn) sk = block_sum(sk);
+    __syncthreads();
+    const float fq = qn ? (float)(1.0 / sqrt((double)sq / HD + eps)) : 1.0f;
+    const float fk = kn ? (float)(1.0 / sqrt((double)sk / HD + eps)) : 1.0f;
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        if (qn) qs[d] = qs[d] * fq * qn[d];
+        if (kn) ks[d] = ks[d] * fk * kn[d];
+    }
+    __syncthreads();
+    const int half = n_rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = 1.0f / powf(base, (float)(2 * i) / (float)n_rot);
+        const float theta = (float)pos * inv_freq;
+        const float c = cosf(theta), s = sinf(theta);
+        float x0 = qs[i], x1 = qs[i + half];
+        qs[i] = x0 * c - x1 * s;
+        qs[i + half] = x0 * s + x1 * c;
+        x0 = ks[i], x1 = ks[i + half];
+        ks[i] = x0 * c - x1 * s;
+        ks[i + half] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    if (h % grp == 0)
+        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+            kc[(size_t)pos * kvd + koff + d] = ks[d];
+            vc[(size_t)pos * kvd + koff + d] = vs[d];
+        }
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int sub = lane % LP, pw = lane / LP, rl = lane / LC, cl = lane % LC;
+    float4 qv[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) qv[j] = *(const float4 *)(qs + 16 * sub + 4 * j);
+    float M = -INFINITY, l = 0.0f;
+    float4 acc[CW];
+#pragma unroll
+    for (int cc = 0; cc < CW; cc++) acc[cc] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int c0 = 0; c0 <= pos; c0 += ATT_CHUNK) {
+        const int n = min(ATT_CHUNK, pos + 1 - c0);
+#pragma unroll 2
+        for (int i0 = w * PPW; i0 < n; i0 += ATT_WARPS * PPW) {
+            const int i = i0 + pw, p = c0 + i;
+            const float *kp = p < pos ? kc + (size_t)p * kvd + koff : ks; /* past n: the new key, not stored */
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float4 k4 = *(const float4 *)(kp + 16 * sub + 4 * j);
+                s += qv[j].x * k4.x + qv[j].y * k4.y + qv[j].z * k4.z + qv[j].w * k4.w;
+            }
+#pragma unroll
+            for (int o = LP / 2; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (sub == 0 && i < n) sc[i] = s * scale;
+        }
+        __syncthreads();
+        float m = -INFINITY;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, sc[i]);
+        m = block_max(m);
+        const float mn = fmaxf(M, m), f = expf(M - mn);
+        l *= f;
+#pragma unroll
+        for (int cc = 0; cc < CW; cc++) acc[cc].x *= f, acc[cc].y *= f, acc[cc].z *= f, acc[cc].w *= f;
+        M = mn;
+#pragma unroll 4
+        for (int i = w * RW + rl; i < n; i += ATT_WARPS * RW) {
+            const int p = c0 + i;
+            const float e = expf(sc[i] - M);
+            const float *vp = p < pos ? vc + (size_t)p * kvd + koff : vs;
+            l += e;
+#pragma unroll
+            for (int cc = 0; cc < CW; cc++) {
+                const float4 v4 = *(const float4 *)(vp + 4 * (cl + LC * cc));
+                acc[cc].x += e * v4.x, acc[cc].y += e * v4.y, acc[cc].z += e * v4.z, acc[cc].w += e * v4.w;
+            }
+        }
+        __syncthreads(); /* sc is rewritten by the next chunk */
+    }
+#pragma unroll
+    for (int cc = 0; cc < CW; cc++) *(float4 *)&sacc[w * RW + rl][4 * (cl + LC * cc)] = acc[cc];
+    if (cl == 0) sl[w * RW + rl] = l;
+    __syncthreads();
+    float L = 0.0f;
+    for (int i = 0; i < ATT_WARPS * RW; i++) L += sl[i];
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float o = 0.0f;
+        for (int i = 0; i < ATT_WARPS * RW; i++) o += sacc[i][d];
+        o /= L;
+        if (gated) o *= d_sigmoid(a[(size_t)h * 2 * HD + HD + d]);
+        out[(size_t)h * HD + d] = o;
+    }
+}
+
+/* One token's router (an F32 matrix, as GGUF files store it): the RMS norm of x (ffn_norm) into
+ * shared memory, block 0 also writing it to h for the experts, a warp per router row, and the
+ * top-k in the last block to finish (threadfence reduction), so norm, router and top-k are one
+ * launch. The first RT_PRE float4s of each lane's row are loaded before the norm. */
+#define RT_PRE 16
+#define RT_X 4
+
+/* Normed x float4 i (x * s * w, as k_rmsnorm) into shared memory, and into hout from block 0. */
+__device__ __forceinline__ void rt_put(float4 *xs, float *hout, const float4 *w4, int i, float4 v, float s) {
+    const float4 g = w4 ? w4[i] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    v.x = v.x * s * g.x, v.y = v.y * s * g.y, v.z = v.z * s * g.z, v.w = v.w * s * g.w;
+    xs[i] = v;
+    if (blockIdx.x == 0) ((float4 *)hout)[i] = v;
+}
+__global__ void __launch_bounds__(128) k_router1(const float *x, const float *nw, float eps, float *hout, const float *W, int n_in,
+                                                 int NE, float *logits, int *done, topk_args tk) {
+    extern __shared__ float4 rt_xs[];
+    const int lane = threadIdx.x & 31, row = blockIdx.x * 4 + (threadIdx.x >> 5), nq = n_in >> 2;
+    const float4 *wr = (const float4 *)W + (size_t)min(row, NE - 1) * nq;
+    float4 wv[RT_PRE];
+#pragma unroll
+    for (int j = 0; j < RT_PRE; j++) {
+        const int i = lane + 32 * j;
+        wv[j] = i < nq ? __ldg(wr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    /* x read once into registers when it is at most RT_X float4s a thread */
+    const float4 *x4 = (const float4 *)x, *w4 = (const float4 *)nw;
+    const bool one = nq <= RT_X * (int)blockDim.x;
+    float4 xv[RT_X];
+    float ss = 0.0f;
+    if (one) {
+#pragma unroll
+        for (int j = 0; j < RT_X; j++) {
+            const int i = threadIdx.x + j * blockDim.x;
+            xv[j] = i < nq ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            ss += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < nq; i += blockDim.x) {
+            const float4 v = x4[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    }
+    ss = block_sum(ss);
+    const float s = (float)(1.0 / sqrt((double)ss / n_in + eps));
+    if (one) {
+#pragma unroll
+        for (int j = 0; j < RT_X; j++) {
+            const int i = threadIdx.x + j * blockDim.x;
+            if (i < nq) rt_put(rt_xs, hout, w4, i, xv[j], s);
+        }
+    } else {
+        for (int i = threadIdx.x; i < nq; i += blockDim.x) rt_put(rt_xs, hout, w4, i, x4[i], s);
+    }
+    __syncthreads();
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RT_PRE; j++) {
+        const int i = lane + 32 * j;
+        if (i < nq) {
+            const float4 v = rt_xs[i];
+            acc += wv[j].x * v.x + wv[j].y * v.y + wv[j].z * v.z + wv[j].w * v.w;
+        }
+    }
+    for (int i = lane + 32 * RT_PRE; i < nq; i += 32) {
+        const float4 v = rt_xs[i], ww = __ldg(wr + i);
+        acc += ww.x * v.x + ww.y * v.y + ww.z * v.z + ww.w * v.w;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0 && row < NE) logits[row] = acc;
+    __shared__ int last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(done, 1) == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (last && threadIdx.x < 32) {
+        __threadfence();
+        topk_warp(logits, NE, tk, 0);
+        if (threadIdx.x == 0) *done = 0;
     }
 }
 
@@ -1510,10 +1976,10 @@ static int plan(cu_ctx *c, ms_err *e) {
 
 /* ---------------------------------------------------------------- launch helpers */
 
-/* A dense weight over the batch: y[t] (mode) W . x[t]. w2: fused gate/up (MV_SWIGLU). */
-static int run_mat(cu_ctx *c, const dmat *w, const dmat *w2, const float *x, long long ldx, float *y, long long ldy, int T,
-                   int mode, const float *scale) {
-    mv_args a;
+/* The arguments of run_mat. */
+static void mat_args(mv_args *ap, const dmat *w, const dmat *w2, const float *x, long long ldx, float *y, long long ldy, int T,
+                     int mode, const float *scale) {
+    mv_args &a = *ap;
     memset(&a, 0, sizeof a);
     a.g.w = w->d;
     a.g.w2 = w2 ? w2->d : NULL;
@@ -1529,7 +1995,27 @@ static int run_mat(cu_ctx *c, const dmat *w, const dmat *w2, const float *x, lon
     a.ldy = ldy;
     a.mode = mode;
     a.scale = scale;
+}
+
+/* A dense weight over the batch: y[t] (mode) W . x[t]. w2: fused gate/up (MV_SWIGLU). */
+static int run_mat(cu_ctx *c, const dmat *w, const dmat *w2, const float *x, long long ldx, float *y, long long ldy, int T,
+                   int mode, const float *scale) {
+    mv_args a;
+    mat_args(&a, w, w2, x, ldx, y, ldy, T, mode, scale);
     return launch_mat(w->type, a, T, 1, c->cs);
+}
+
+/* One token: y = W . rmsnorm(x, nw) in one launch (k_mvq), or -1 (nothing launched) when the
+ * weight's type or shape does not allow it. */
+static int run_mat_normed(cu_ctx *c, const dmat *w, const float *x, const float *nw, float *y) {
+    mv_args a;
+    mat_args(&a, w, NULL, x, 0, y, 0, 1, MV_STORE, NULL);
+    a.nw = nw;
+    a.eps = c->m->hp.norm_eps;
+    const int items = mvq_items(w->type, a, 1, 1);
+    if (!items) return -1;
+    launch_mvq(a, items, 1, c->cs);
+    return 0;
 }
 
 /* Launches the products of n groups of one layer's experts: gu/gd are device arrays of the
@@ -1580,7 +2066,9 @@ static void tev_record(cu_ctx *c, int il, int k) {
 
 /* ---------------------------------------------------------------- attention, Gated DeltaNet */
 
-static int attention(cu_ctx *c, const dlayer *d, int T) {
+/* normed: c->x has not been normed into c->h yet (one token); the q|k|v product does it, or
+ * a k_rmsnorm first where it cannot. */
+static int attention(cu_ctx *c, const dlayer *d, int T, int normed) {
     const ms_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, E = hp->n_embd, qw = d->wq.n_out, qd = hp->n_head * hd;
     /* the (gated) query, keys and values side by side in a ([T][qw | kvd | kvd]): one product
@@ -1588,7 +2076,13 @@ static int attention(cu_ctx *c, const dlayer *d, int T) {
      * so a captured graph replays at any position) */
     const int lda = qw + 2 * kvd;
     const float *kv_in = c->a + qw;
-    if (d->wqkv_a.d) {
+    if (normed && !(d->wqkv_a.d && run_mat_normed(c, &d->wqkv_a, c->x, d->attn_norm, c->a) == 0)) {
+        k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->attn_norm, E, hp->norm_eps);
+        normed = 0;
+    }
+    if (normed) {
+        /* done above */
+    } else if (d->wqkv_a.d) {
         if (run_mat(c, &d->wqkv_a, NULL, c->h, E, c->a, lda, T, MV_STORE, NULL)) return -1;
     } else {
         if (run_mat(c, &d->wq, NULL, c->h, E, c->a, lda, T, MV_STORE, NULL)) return -1;
@@ -1596,6 +2090,16 @@ static int attention(cu_ctx *c, const dlayer *d, int T) {
         if (run_mat(c, &d->wv, NULL, c->h, E, c->a + qw + kvd, lda, T, MV_STORE, NULL)) return -1;
     }
     dim3 grid((unsigned)hp->n_head, (unsigned)T);
+    if (T == 1 && (hd == 64 || hd == 128 || hd == 256)) {
+#define ATT1B(HD)                                                                                                            \
+    k_attn1b<HD><<<grid, ATT_WARPS * 32, 0, c->cs>>>(c->a, d->attn_gated, d->k_cache, d->v_cache, kv_in, kvd, d->q_norm, d->k_norm, \
+                                                    hp->n_head, hp->n_head_kv, hp->n_rot, c->d_pos, hp->rope_base, hp->norm_eps, c->att)
+        if (hd == 64) ATT1B(64);
+        else if (hd == 128) ATT1B(128);
+        else ATT1B(256);
+#undef ATT1B
+        return run_mat(c, &d->wo, NULL, c->att, qd, c->x, E, T, MV_ADD, NULL);
+    }
     if (T == 1) {
 #define ATT1(J)                                                                                                             \
     k_attn1<J><<<grid, ATT_WARPS * 32, 0, c->cs>>>(c->a, lda, d->attn_gated, d->k_cache, d->v_cache, kv_in, kvd, d->q_norm,   \
@@ -1974,11 +2478,16 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
     const ms_hparams *hp = &c->m->hp;
     const int E = hp->n_embd, NE = hp->n_expert, K = hp->n_expert_used;
     tev_record(c, il, 0);
-    k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->attn_norm, E, hp->norm_eps);
-    int bad = d->kind == MS_LAYER_ATTN ? attention(c, d, T) : gated_deltanet(c, d, T);
+    /* one token of an attention layer: the q|k|v product norms x itself */
+    const int att_norms = T == 1 && d->kind == MS_LAYER_ATTN;
+    if (!att_norms) k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->attn_norm, E, hp->norm_eps);
+    int bad = d->kind == MS_LAYER_ATTN ? attention(c, d, T, att_norms) : gated_deltanet(c, d, T);
     if (bad) return ms_fail(e, MS_ERR_UNSUPPORTED, "layer %d: kernel launch failed", il);
     tev_record(c, il, 1);
-    k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->ffn_norm, E, hp->norm_eps);
+    /* one token with an F32 router: norm, router and top-k in one launch (k_router1) */
+    const int fused_router = T == 1 && d->router.type == MS_TYPE_F32 && d->router.n_in == E && d->router.n_out == NE &&
+                             E % 128 == 0 && (size_t)E * sizeof(float) <= 48 * 1024;
+    if (!fused_router) k_rmsnorm<<<T, 512, 0, c->cs>>>(c->x, E, c->h, E, d->ffn_norm, E, hp->norm_eps);
     const int host = !(c->resident && T == 1);
     topk_args tk;
     memset(&tk, 0, sizeof tk);
@@ -1994,7 +2503,10 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
         tk.up = c->grp_up;
         tk.down = c->grp_up + K;
     }
-    if (T == 1) {
+    if (fused_router) {
+        k_router1<<<(unsigned)((NE + 3) / 4), 128, (size_t)E * sizeof(float), c->cs>>>(
+            c->x, d->ffn_norm, hp->norm_eps, c->h, (const float *)d->router.d, E, NE, c->router, c->d_done, tk);
+    } else if (T == 1) {
         /* one token: the router product's last block runs the top-k */
         mv_args a;
         memset(&a, 0, sizeof a);
@@ -2621,6 +3133,16 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     c->use_graph = env_u64("MS_CUDA_GRAPHS", 1) != 0;
     mv_wide_rows = (long long)env_u64("MS_CUDA_WIDE_ROWS", 16384);
     mv_min_items = (int)env_u64("MS_CUDA_MV_ITEMS", 128);
+    mvq_on = env_u64("MS_CUDA_MVQ", 1) != 0;
+    {
+        const char *r = getenv("MS_CUDA_MVQ_R");
+        int r0, r1, r2;
+        if (r && sscanf(r, "%d,%d,%d", &r0, &r1, &r2) == 3) mvq_r[0] = r0, mvq_r[1] = r1, mvq_r[2] = r2;
+    }
+    {
+        int n_sm = 0;
+        if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, c->dev) == cudaSuccess && n_sm > 0) mvq_max_blocks = 8 * n_sm;
+    }
     c->lgraph = (cudaGraphExec_t *)ms_calloc((size_t)hp->n_layer, sizeof(cudaGraphExec_t));
     if (!c->lgraph) FAIL_NOMEM("graphs");
     if (c->timing_on) {
