@@ -102,7 +102,28 @@ one_model() { # name skew
         llama_run warm
         log "| | | warm speedup | $(ratio) | | | | | | |"
     done
+    [ "$2" = 0 ] || policies
     [ -n "${KEEP:-}" ] || rm -f "$model"
+}
+
+# On skewed routing under the 8 GiB cgroup, warm: residency mode x eviction policy x lookahead,
+# moestream alone (the choices behind the defaults).
+policies() {
+    CG=1
+    log ""
+    log "| $name, 8 GiB cgroup, --mem $MEM8, warm, tg$N | io | evict | lookahead | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS | load avg |"
+    log "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for io in direct pagecache; do
+        for ev in lru lfu; do
+            for la in --lookahead --no-lookahead; do
+                drop
+                row=$(cg_run "$bin" bench -m "$model" -p 0 -n "$N" -t "$T" --io "$io" --evict "$ev" --mem "$MEM8" $la \
+                    --disk-bw "$disk" -r 2 2>/dev/null | tail -1)
+                log "| | $io | $ev | ${la#--} | $(echo "$row" | awk -F'|' '{print $9 "|" $10 "|" $11 "|" $12 "|" $13 "|" $14}') | $(load) |"
+            done
+        done
+    done
+    CG=
 }
 
 log "moestream $(git rev-parse --short HEAD 2>/dev/null), $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
