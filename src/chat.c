@@ -1198,8 +1198,13 @@ int ms_chat_plan_next(ms_chat_plan *p, const char *value, ms_chat_step *st) {
         p->fn = nm ? find_function(p->tools, nm) : NULL;
         json_t *req = json_object_get(json_object_get(p->fn, "parameters"), "required");
         p->keys = json_array();
-        for (size_t i = 0; i < json_array_size(req); i++)
-            if (json_is_string(json_array_get(req, i))) json_array_append(p->keys, json_array_get(req, i));
+        for (size_t i = 0; i < json_array_size(req); i++) { /* each name once: one key each */
+            json_t *k = json_array_get(req, i);
+            int seen = !json_is_string(k);
+            for (size_t j = 0; !seen && j < json_array_size(p->keys); j++)
+                seen = json_equal(k, json_array_get(p->keys, j));
+            if (!seen) json_array_append(p->keys, k);
+        }
         p->i = 0;
         if (!p->xml) sbuf_adds(&p->text, ", \"arguments\": {");
         if (json_array_size(p->keys) == 0) {

@@ -823,6 +823,34 @@ done:
     ms_context_free(b);
 }
 
+/* A planned call writes each required parameter once, however often "required" names it (a
+ * fuzz finding: tests/regress/chat/duplicate-required-names). */
+static void test_plan_required_once(void) {
+    ms_chat *c = NULL;
+    ms_err e;
+    CHECK(ms_chat_new_from_template(NULL, "qwen3", &c, &e) == MS_OK, "%s", e.msg);
+    if (!c) return;
+    const char *tools = "[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\", "
+                        "\"properties\": {\"a\": {\"type\": \"string\"}, \"b\": {\"type\": \"integer\"}}, "
+                        "\"required\": [\"a\", \"b\", \"a\", 7, \"a\"]}}}]";
+    ms_chat_plan *p = NULL;
+    CHECK(ms_chat_plan_new(c, tools, "f", &p, &e) == MS_OK, "%s", e.msg);
+    char out[1024] = "";
+    int values = 0, steps = 0;
+    const char *v = NULL;
+    ms_chat_step st;
+    while (p && ms_chat_plan_next(p, v, &st) && steps++ < 64) {
+        v = st.text ? NULL : st.kind == MS_VALUE_STRING ? "\"x\"" : "1";
+        strncat(out, st.text ? st.text : v, sizeof out - strlen(out) - 1);
+        values += !st.text;
+    }
+    int keys_a = 0;
+    for (const char *q = out; (q = strstr(q, "\"a\"")) != NULL; q++) keys_a++;
+    CHECK(values == 2 && keys_a == 1, "required [a, b, a, 7, a]: %d values, key a %d times: %s", values, keys_a, out);
+    ms_chat_plan_free(p);
+    ms_chat_free(c);
+}
+
 int main(int argc, char **argv) {
     t_fixtures(argc, argv);
     test_qwen3();
@@ -830,6 +858,7 @@ int main(int argc, char **argv) {
     test_detect();
     test_parse();
     test_py_json();
+    test_plan_required_once();
     const char *archs[] = {"qwen3moe", "qwen35moe", "qwen3next"};
     for (int a = 0; a < N(archs); a++) {
         ms_model *m = load_tiny(archs[a]);
