@@ -48,7 +48,7 @@ typedef struct ms_model_params {
                           * (direct with a memory budget, else mmap) */
     uint64_t mem_budget; /* bytes the process may use: dense weights + context + expert cache;
                           * 0: no limit. Needs io pagecache or direct. */
-    const char *evict;   /* expert cache policy: "lru" or "lfu"; NULL: lru */
+    const char *evict;   /* expert cache policy: "lru" or "lfu"; NULL: lfu */
     int io_threads;      /* reads in flight (0: 32) */
     int track_residency; /* mmap mode: count page-cache hits with mincore (for --stats) */
 } ms_model_params;

@@ -45,7 +45,7 @@ static void usage(FILE *out) {
           "  --ignore-eos              run: keep generating past end-of-generation tokens\n"
           "  --io MODE                 expert residency: mmap, pagecache or direct (default: direct with --mem, else mmap)\n"
           "  --mem SIZE                memory budget for the whole process (dense weights + context + expert cache)\n"
-          "  --evict lru|lfu           expert cache policy (default lru)\n"
+          "  --evict lru|lfu           expert cache policy (default lfu)\n"
           "  --io-threads N            expert reads in flight (default 32)\n"
           "  --lookahead, --no-lookahead  prefetch each next layer's predicted experts while this one\n"
           "                            computes (default: on with --io pagecache or direct)\n"

@@ -63,9 +63,11 @@ ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **o
         ms_fail(err, MS_ERR_ARG, "--mem needs --io pagecache or direct (with mmap the OS decides what stays in memory)");
         goto fail;
     }
-    sp.policy = MS_EVICT_LRU;
-    if (p->evict && !strcmp(p->evict, "lfu")) sp.policy = MS_EVICT_LFU;
-    else if (p->evict && strcmp(p->evict, "lru")) {
+    /* LFU by default: on skewed routing under a tight budget it kept 89.5% hits to LRU's 84.3%
+     * and decoded 15% faster (bench/stream.sh's policy table) */
+    sp.policy = MS_EVICT_LFU;
+    if (p->evict && !strcmp(p->evict, "lru")) sp.policy = MS_EVICT_LRU;
+    else if (p->evict && strcmp(p->evict, "lfu")) {
         ms_fail(err, MS_ERR_ARG, "unknown eviction policy '%s' (lru or lfu)", p->evict);
         goto fail;
     }
