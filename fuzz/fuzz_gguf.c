@@ -172,12 +172,22 @@ int fuzz_gguf_one(const uint8_t *data, size_t size) {
         cp.n_threads = 1;
         ms_context *c;
         if (ms_context_new(mm, &cp, &c, &err) == MS_OK) {
+            /* a context of 8 positions needs scratch in proportion to the weights, never more:
+             * metadata alone must not size it (a finding: tests/regress/gguf/) */
+            ms_stats cs;
+            ms_context_stats(c, &cs);
+            size_t file = 2 * (size + pad);
+            FUZZ_CHECK(cs.bytes_context <= ((uint64_t)64 << 20) + 64 * (uint64_t)file,
+                       "a context of %llu bytes for a %zu-byte file", (unsigned long long)cs.bytes_context, file);
             int32_t ids[2] = {0, (int32_t)(ms_n_vocab(mm) - 1)};
             if (ms_eval(c, ids, 2, 0, &err) == MS_OK) FUZZ_CHECK(ms_logits(c, -1) != NULL, "no logits");
             else check_error(&err, "ms_eval");
             ms_context_free(c);
         } else {
             check_error(&err, "ms_context_new");
+            /* no allocation fails here (nothing injects faults): running out of memory means
+             * some size came from metadata unchecked */
+            FUZZ_CHECK(err.status != MS_ERR_NOMEM, "an 8-position context ran out of memory: %s", err.msg);
         }
     }
     ms_model_free(mm);

@@ -415,8 +415,14 @@ struct ms_model *model_load(gguf_file *f, int n_expert_used_override, ms_err *e)
 
     m->layers = ms_calloc((size_t)hp->n_layer, sizeof(ms_layer));
     if (!m->layers) { ms_fail(e, MS_ERR_NOMEM, "out of memory"); goto fail; }
-    for (int il = 0; il < hp->n_layer; il++)
+    int shared = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
         if (load_layer(&L, &fx, il, ad)) goto fail;
+        shared |= m->layers[il].sh_up.data != NULL;
+    }
+    /* the shared expert's width counts only where its tensors are (and checked their shapes):
+     * metadata alone must not size the context's buffers */
+    if (!shared) hp->n_ff_shexp = 0;
     for (int i = 0; i < fx.n; i++) *fx.v[i].dst = m->owned + fx.v[i].off;
     ms_free(fx.v);
     count_bytes(m);
