@@ -107,17 +107,19 @@ one_model() { # name skew
 }
 
 # On skewed routing under the 8 GiB cgroup, warm: residency mode x eviction policy x lookahead,
-# moestream alone (the choices behind the defaults).
+# moestream alone (the choices behind the defaults), with a budget MEMP tight enough that the
+# cache must evict within NP tokens (at MEM8 the working set of N tokens fits and all tie).
 policies() {
     CG=1
+    memp=${MEMP:-4G} np=${NP:-64}
     log ""
-    log "| $name, 8 GiB cgroup, --mem $MEM8, warm, tg$N | io | evict | lookahead | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS | load avg |"
+    log "| $name, 8 GiB cgroup, --mem $memp, warm, tg$np | io | evict | lookahead | t/s | hit % | read GB/s | roofline t/s | % of roofline | peak RSS | load avg |"
     log "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for io in direct pagecache; do
         for ev in lru lfu; do
             for la in --lookahead --no-lookahead; do
                 drop
-                row=$(cg_run "$bin" bench -m "$model" -p 0 -n "$N" -t "$T" --io "$io" --evict "$ev" --mem "$MEM8" $la \
+                row=$(cg_run "$bin" bench -m "$model" -p 0 -n "$np" -t "$T" --io "$io" --evict "$ev" --mem "$memp" $la \
                     --disk-bw "$disk" -r 2 2>/dev/null | tail -1)
                 log "| | $io | $ev | ${la#--} | $(echo "$row" | awk -F'|' '{print $9 "|" $10 "|" $11 "|" $12 "|" $13 "|" $14}') | $(load) |"
             done
