@@ -30,15 +30,6 @@ int fuzz_tokenizer_init(void) {
     return 0;
 }
 
-static int valid_utf8(const char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int r = uc_utf8_check((const unsigned char *)s + i, n - i);
-        if (r <= 0) return 0;
-        i += (size_t)r;
-    }
-    return 1;
-}
-
 int fuzz_tokenizer_one(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     int flags = data[0];
@@ -58,7 +49,7 @@ int fuzz_tokenizer_one(const uint8_t *data, size_t size) {
     char *back = NULL;
     size_t blen = 0;
     FUZZ_CHECK(tokenizer_decode(tok, ids, n, render_special, &back, &blen, &e) == MS_OK, "decode: %s", e.msg);
-    if (!parse_special && valid_utf8(text, len))
+    if (!parse_special && uc_utf8_valid(text, len))
         FUZZ_CHECK(blen == len && !memcmp(back, text, len), "round trip: %zu bytes in, %zu out", len, blen);
 
     ms_detok d;
@@ -72,8 +63,8 @@ int fuzz_tokenizer_one(const uint8_t *data, size_t size) {
         memcpy(out + o, p, k);
         o += k;
     }
-    FUZZ_CHECK(valid_utf8(out, o), "the streaming detokenizer wrote invalid UTF-8");
-    if (valid_utf8(back, blen)) FUZZ_CHECK(o == blen && !memcmp(out, back, blen), "detok %zu bytes, decode %zu", o, blen);
+    FUZZ_CHECK(uc_utf8_valid(out, o), "the streaming detokenizer wrote invalid UTF-8");
+    if (uc_utf8_valid(back, blen)) FUZZ_CHECK(o == blen && !memcmp(out, back, blen), "detok %zu bytes, decode %zu", o, blen);
     detok_push(&d, -1, &o); /* out-of-range ids add nothing */
     FUZZ_CHECK(o == 0, "an invalid id gave text");
     detok_free(&d);

@@ -116,3 +116,12 @@ int uc_utf8_check(const unsigned char *s, size_t n) {
     }
     return need;
 }
+
+int uc_utf8_valid(const char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        int r = uc_utf8_check((const unsigned char *)s + i, n - i);
+        if (r <= 0) return 0;
+        i += (size_t)r;
+    }
+    return 1;
+}

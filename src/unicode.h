@@ -58,6 +58,8 @@ int uc_encode(uint32_t cp, char out[4]);
  * bytes could complete it), or -k if the first k bytes (the maximal ill-formed subpart, per the
  * Unicode standard's U+FFFD substitution practice) can never be completed. */
 int uc_utf8_check(const unsigned char *s, size_t n);
+/* 1 if all n bytes at s are well-formed UTF-8 (n = 0 included), else 0. */
+int uc_utf8_valid(const char *s, size_t n);
 
 /* Generated tables (unicode_data.c). */
 extern const char uc_data_version[];

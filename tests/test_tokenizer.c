@@ -48,15 +48,6 @@ static int32_t *encode(const ms_tokenizer *tok, const char *s, size_t len, int s
     return rc == MS_OK ? ids : NULL;
 }
 
-static int valid_utf8(const char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int r = uc_utf8_check((const unsigned char *)s + i, n - i);
-        if (r <= 0) return 0;
-        i += (size_t)r;
-    }
-    return 1;
-}
-
 /* Decodes ids through the streaming decoder; every chunk must be whole UTF-8. Returns the text
  * (caller frees). */
 static char *stream_decode(const ms_tokenizer *tok, const int32_t *ids, int n, size_t *len) {
@@ -66,7 +57,7 @@ static char *stream_decode(const ms_tokenizer *tok, const int32_t *ids, int n, s
     char *s = malloc(cap);
     for (int i = 0; i <= n; i++) {
         const char *p = i < n ? detok_push(&d, ids[i], &k) : detok_flush(&d, &k);
-        CHECK(valid_utf8(p, k), "detok chunk after token %d is not whole UTF-8", i);
+        CHECK(uc_utf8_valid(p, k), "detok chunk after token %d is not whole UTF-8", i);
         CHECK(strlen(p) == k || memchr(p, 0, k), "detok chunk length");
         while (o + k + 1 > cap) s = realloc(s, cap *= 2);
         memcpy(s + o, p, k);
@@ -264,7 +255,7 @@ static void test_detok(const ms_tokenizer *tok) {
     for (int i = 0; ids && i < nid; i++) {
         size_t k;
         const char *p = tokenizer_token_piece(tok, ids[i], 0, &k);
-        split += !valid_utf8(p, k);
+        split += !uc_utf8_valid(p, k);
     }
     CHECK(split > 0, "expected some token to hold part of a character");
     size_t len;
