@@ -23,6 +23,8 @@ enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_ERROR };
 typedef struct slot {
     int key;            /* il * n_expert + e, or -1 */
     int state, pins, pending, prefetched;
+    int unowned;        /* the read ran with no caller pinned (a prefetch, or a failed layer let go):
+                         * its error is not reported to a later caller but read again */
     int err;            /* errno of a failed read; -1: short read (file truncated?) */
     uint64_t last_use;  /* tick of the last request */
     double score;       /* LFU: decayed request count as of last_use */
@@ -190,6 +192,7 @@ static int start_load(ms_store *s, int si, int key) {
     sl->err = 0;
     sl->pending = 3;
     sl->prefetched = 0;
+    sl->unowned = 0;
     sl->score = 0;
     int il = key / s->n_expert, x = key % s->n_expert;
     uint8_t *dst = sl->buf;
@@ -439,10 +442,15 @@ int experts_wait(ms_store *s, int il, int id, ms_expert_ref *out, ms_err *e) {
         return ms_fail(e, MS_ERR_ARG, "expert %d of layer %d was not requested", id, il);
     }
     slot *sl = &s->slots[si];
-    if (sl->state == SLOT_LOADING) {
-        double t0 = now();
-        while (sl->state == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
-        s->st.wait_seconds += now() - t0;
+    for (int again = 1;; again = 0) {
+        if (sl->state == SLOT_LOADING) {
+            double t0 = now();
+            while (sl->state == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
+            s->st.wait_seconds += now() - t0;
+        }
+        /* a read that failed while nobody waited on it (a prefetch, or one a failed layer let go
+         * while a later request joined it) is read once more for this caller */
+        if (!again || sl->state != SLOT_ERROR || !sl->unowned || start_load(s, si, key)) break;
     }
     if (sl->state == SLOT_ERROR) {
         const ms_mat3 *mt = mat_of(s, il, 0);
@@ -483,6 +491,7 @@ void experts_release(ms_store *s, int il, const int *ids, int n) {
         if (si < 0) continue;
         slot *sl = &s->slots[si];
         if (sl->pins > 0) sl->pins--;
+        if (!sl->pins && sl->state == SLOT_LOADING) sl->unowned = 1;
         if (!sl->pins && sl->state == SLOT_ERROR) { /* forget it so the next request reads again */
             s->where[sl->key] = -1;
             sl->key = -1;
@@ -518,6 +527,7 @@ void experts_prefetch(ms_store *s, int il, const int *ids, int n) {
         if (si < 0) break;
         if (start_load(s, si, key)) break;
         s->slots[si].prefetched = 1;
+        s->slots[si].unowned = 1;
         s->slots[si].last_use = s->tick ? s->tick - 1 : 0; /* not yet used: first in line if never requested */
         s->st.prefetches++;
     }

@@ -41,6 +41,7 @@ long ms_pread(int fd, void *buf, size_t n, uint64_t off);
  * read again at every injection point, so a test can change the faults of a running process (the
  * server) by rewriting it. Its first word says what fails:
  *   read-eio [N]      every ms_pread fails with EIO (after the first N since the file changed)
+ *   read-eio-slow [N] as read-eio, each after 50 ms (so a read is still in flight when tested)
  *   read-eof [N]      every ms_pread reads nothing, as at the end of a file cut short
  *   read-partial [N]  every ms_pread of 8 KiB or more returns half of it (4 KiB-aligned): no error
  *   alloc N           the Nth host allocation (ms_malloc & co.) after the file last changed fails

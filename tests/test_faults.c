@@ -373,6 +373,35 @@ static void stale_read_error(const char *rel) {
         experts_release(r.m->store, 0, ids, 2);
         printf("  %-36s pagecache a read that failed after its callers let go is read again on the next request\n", rel);
     }
+    /* the same when the next request joins the read while it is still in flight (found by CI:
+     * a lookahead prefetch that failed under a fault handed its error to the recovery) */
+    set_fault("read-eio-slow");
+    CHECK(experts_request(r.m->store, 1, ids, 2, &err) == MS_OK, "request: %s", err.msg);
+    experts_release(r.m->store, 1, ids, 2);
+    CHECK(experts_request(r.m->store, 1, ids, 2, &err) == MS_OK, "request again: %s", err.msg);
+    int joined = !experts_ready(r.m->store, 1, 0);
+    for (int spins = 0; spins < 100000 && !(experts_ready(r.m->store, 1, 0) && experts_ready(r.m->store, 1, 1)); spins++)
+        usleep(100);
+    set_fault("");
+    st = experts_wait(r.m->store, 1, 0, &refs[0], &err);
+    if (st == MS_OK) st = experts_wait(r.m->store, 1, 1, &refs[1], &err);
+    CHECK(joined, "%s: the slow read was over before the second request", rel);
+    CHECK(st == MS_OK, "%s: a request that joined a read which then failed unattended: status %d '%s'", rel, st,
+          st ? err.msg : "");
+    experts_release(r.m->store, 1, ids, 2);
+    /* a prefetch that fails the same way */
+    set_fault("read-eio-slow");
+    experts_prefetch(r.m->store, 2, ids, 2);
+    CHECK(experts_request(r.m->store, 2, ids, 2, &err) == MS_OK, "request after prefetch: %s", err.msg);
+    for (int spins = 0; spins < 100000 && !(experts_ready(r.m->store, 2, 0) && experts_ready(r.m->store, 2, 1)); spins++)
+        usleep(100);
+    set_fault("");
+    st = experts_wait(r.m->store, 2, 0, &refs[0], &err);
+    if (st == MS_OK) st = experts_wait(r.m->store, 2, 1, &refs[1], &err);
+    CHECK(st == MS_OK, "%s: a request that joined a prefetch which then failed: status %d '%s'", rel, st,
+          st ? err.msg : "");
+    experts_release(r.m->store, 2, ids, 2);
+    if (st == MS_OK) printf("  %-36s pagecache a failed read joined in flight (after a release, or a prefetch) is read again\n", rel);
     close_run(&r);
 }
 
