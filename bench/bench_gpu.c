@@ -138,7 +138,7 @@ int main(int argc, char **argv) {
     }
     ms_context_reset(c);
     double *pp = malloc(sizeof(double) * reps), *tg = malloc(sizeof(double) * reps);
-    double hit_sum = 0, bytes_tok = 0, h2d_gbs = 0, pf_hit_sum = 0, pf_tok = 0, pf_acc_sum = 0;
+    double hit_sum = 0, bytes_tok = 0, cpu_tok = 0, h2d_gbs = 0, pf_hit_sum = 0, pf_tok = 0, pf_acc_sum = 0;
     int pf_reps = 0;
     for (int r = 0; r < reps; r++) {
         ms_context_reset(c);
@@ -177,6 +177,7 @@ int main(int argc, char **argv) {
                        (s1.t_attn - s0.t_attn) * 1e3 / n_gen, (s1.t_route - s0.t_route) * 1e3 / n_gen,
                        (s1.t_expert_compute - s0.t_expert_compute) * 1e3 / n_gen, (s1.t_other - s0.t_other) * 1e3 / n_gen);
             bytes_tok += (double)(s1.gpu_bytes_in - s0.gpu_bytes_in) / n_gen;
+            cpu_tok += (double)(s1.gpu_cpu_experts - s0.gpu_cpu_experts) / n_gen;
             h2d_gbs += (s1.gpu_bytes_in - s0.gpu_bytes_in) / dt / 1e9;
         }
     }
@@ -194,6 +195,9 @@ int main(int argc, char **argv) {
         if (gpu)
             printf("   VRAM cache hits %.1f%%, %.1f MiB copied in per token (%.1f GB/s)", 100 * hit_sum / reps, bytes_tok / reps / 1048576.0,
                    h2d_gbs / reps);
+        if (gpu && cpu_tok > 0)
+            printf("\n         host-computed misses: %.1f experts per token (%.1f%% of lookups)", cpu_tok / reps,
+                   100 * cpu_tok / reps / ((double)info.n_layer * info.n_expert_used));
         if (pf_reps)
             printf("\n         lookahead: %.1f experts prefetched per token, %.1f%% of them routed to; prefetch hits %.1f%% of "
                    "lookups (%.1f%% in VRAM or prefetched)",

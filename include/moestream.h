@@ -167,6 +167,7 @@ typedef struct ms_stats {
     const char *io;                 /* residency mode in use */
     uint64_t gpu_requests, gpu_hits, gpu_bytes_in; /* GPU backend: VRAM expert cache lookups, hits, bytes copied in */
     uint64_t gpu_prefetches, gpu_prefetch_used;    /* GPU lookahead: experts copied ahead, and those then routed to */
+    uint64_t gpu_cpu_experts;                      /* GPU backend: missed experts the CPU computed instead of copying */
 } ms_stats;
 void ms_context_stats(const ms_context *c, ms_stats *out);
 /* Seconds spent in layer il so far: [0] attention and norms, [1] routing, [2] waiting for expert

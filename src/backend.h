@@ -19,6 +19,7 @@ typedef struct ms_timing {
     /* a backend's own expert cache (CUDA: VRAM): experts looked up, found, bytes copied in */
     uint64_t cache_requests, cache_hits, cache_bytes_in;
     uint64_t cache_prefetches, cache_prefetch_used; /* lookahead copies, and those then routed to */
+    uint64_t cache_cpu;                             /* misses computed on the host instead of copied */
 } ms_timing;
 
 typedef struct ms_backend_params {

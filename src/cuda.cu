@@ -57,7 +57,8 @@
  * RAM), MS_CUDA_GRAPHS=0, MS_CUDA_STACK=0 (no stacked projections), MS_CUDA_TIMING=1 (per-phase
  * GPU times from events), MS_CUDA_WIDE_ROWS / MS_CUDA_MV_ITEMS (k_mv's warps-per-row choice),
  * MS_CUDA_LOOKAHEAD=0|1 (router lookahead; default on, see GPU_LOOKAHEAD_DEFAULT), MS_CUDA_MVQ=0 (one
- * token of Q4_K on k_mv, not k_mvq), MS_CUDA_MVQ_R=a,b,c (k_mvq's rows a warp, see mvq_r).
+ * token of Q4_K on k_mv, not k_mvq), MS_CUDA_MVQ_R=a,b,c (k_mvq's rows a warp, see mvq_r),
+ * MS_CUDA_CPU_SHARE=x|auto (a share of the experts not in VRAM computed on the host; see moe_cpu).
  *
  * TODO: decode attention for other head dims is a warp per position stride and slows with depth;
  * k_mvq covers Q4_K only (Q6_K and Q5_K rows of Q4_K_M files still take k_mv). The lookahead
@@ -1666,6 +1667,11 @@ __global__ void k_swiglu(float *g, const float *u, size_t n) {
     if (i < n) g[i] = d_silu(g[i]) * u[i];
 }
 
+__global__ void k_add(float *x, const float *y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
 /* ================================================================== host side */
 
 #define ALIGN 256
@@ -1775,6 +1781,18 @@ typedef struct cu_ctx {
     int *slot_pf;                    /* [n_slots]: index of the prefetch copy filling the slot, or -1 */
     pending pf_cur, pf_old;          /* store pins of the outstanding prefetch; of the one consumed last */
     uint64_t prefetches, prefetch_used;
+    /* host-computed misses (decode while streaming): a share of each layer's misses is computed
+     * by the CPU from host memory instead of crossing the link (see moe_cpu) */
+    int cpu_on, cpu_auto;            /* MS_CUDA_CPU_SHARE: unset or 0 off, "auto" adapts, x fixed */
+    float cpu_share, cpu_carry;      /* the share of misses the CPU takes; the rounding carried */
+    ms_pool *cpu_pool;               /* all cores */
+    float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input; the CPU's sum */
+    float *d_cpu_y;                  /* [n_embd] VRAM: that sum, added to the residual */
+    int *cpu_ids, *cpu_mark;         /* [n_expert]: this layer's host-computed experts; marks by index */
+    uint32_t *cpu_left, cpu_gen;     /* [n_expert]: the prefetch left it to the host at moe_host call cpu_gen */
+    float *cpu_w, *cpu_g, *cpu_u, *cpu_y; /* their weights [K]; gate, up [K][n_ff]; outputs [K][n_embd] */
+    uint8_t *cpu_xq, *cpu_actq;      /* q16 rows of the input and of each SwiGLU [K] */
+    int n_cpu;
     /* recurrent-state checkpoints (host copies) */
     struct {
         int pos;
@@ -2270,6 +2288,20 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
     return MS_OK;
 }
 
+/* The host's share of the experts not in VRAM (MS_CUDA_CPU_SHARE; see moe_cpu). */
+enum { CPU_SHARE_PCT0 = 30 };                          /* the adaptive share's start, % */
+#define CPU_SHARE_MIN 0.02f                             /* never quite 0: the CPU keeps measuring */
+#define CPU_SHARE_MAX 0.95f
+#define CPU_SHARE_STEP 0.01f                            /* per layer with host-computed experts */
+
+/* How many of n misses the CPU takes now (the share, its rounding carried between layers). */
+static int cpu_take(cu_ctx *c, int n) {
+    const float want = c->cpu_share * (float)n + c->cpu_carry;
+    const int take = MS_MIN(n, (int)want);
+    c->cpu_carry = want - (float)take;
+    return take;
+}
+
 /* ---------------------------------------------------------------- router lookahead */
 
 
@@ -2315,6 +2347,10 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
     for (int k = 0; k < K; k++) {
         const int key = nx * NE + c->h_look[k];
         int s = c->map_slot[key];
+        if (s < 0 && c->cpu_on && cpu_take(c, 1)) {
+            c->cpu_left[c->h_look[k]] = c->cpu_gen + 1; /* the host computes it at the next layer */
+            continue;
+        }
         if (s < 0) {
             s = cache_victim(c);
             if (s < 0) break;
@@ -2349,6 +2385,92 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
 
 /* The experts of one layer with host routing: group the batch's slots by expert (ascending
  * ids, as forward.c), then waves of experts that fit in the cache at once. */
+/* ---------------------------------------------------------------- host-computed misses */
+
+/* With a VRAM cache much smaller than the experts, decode is bound by the link: nearly every
+ * routed expert crosses it (qwen3next-80b at --gpu-mem 8G: 750 MiB a token at 38 GB/s, 48.6
+ * tok/s on the H100 machine). The CPU can compute an expert from host memory in about the time
+ * the link needs to carry it, so a share of the experts that are not in VRAM is left to the host:
+ * the lookahead prefetch skips that share of its predictions (prefetch_next), and moe_host gives
+ * the host those, plus the same share of the other misses, computed from the layer's normed input
+ * (copied down with the routing) while the copies run; the host's weighted sum is added to the
+ * residual after the GPU's experts. MS_CUDA_CPU_SHARE=x fixes the share, "auto" adapts it (after
+ * the host's part it grows if the link is still busy, shrinks if not). Host experts use
+ * forward.c's kernels (q16 activations), so they agree with the CPU backend, not bit for bit
+ * with the GPU's fp32 products.
+ *
+ * Off by default: measured on the H100 machine before the prefetch split (misses only: the
+ * prefetch carries 80% of the experts, so little was left to split), 8G went 48.6 -> 48.8 tok/s
+ * (auto) and 47.3 (share 0.5), 24G 86.2 -> 85.2; the prefetch split is not measured yet. */
+
+typedef struct cpu_job {
+    cu_ctx *c;
+    const ms_layer *ly;
+    int chunks;   /* gate|up: row chunks per expert */
+    int64_t rows; /* rows per chunk */
+} cpu_job;
+
+/* Rows [r0, r1) of one expert matrix times x (q16 row xq where the type has kernels). */
+static void host_rows(const ms_mat3 *w, const uint8_t *base, const float *x, const uint8_t *xq, float *y, int64_t r0,
+                      int64_t r1) {
+    if (xq) quant_matvec_q16(w->type, base, w->row_bytes, xq, y, w->n_in, r0, r1);
+    else quant_matvec(w->type, base, w->row_bytes, x, y, w->n_in, r0, r1);
+}
+
+static void cpu_up_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const cpu_job *j = (const cpu_job *)ctx;
+    cu_ctx *c = j->c;
+    const ms_layer *ly = j->ly;
+    const int k = i / j->chunks;
+    const int64_t ff = ly->gate_exps.n_out, r0 = (i % j->chunks) * j->rows, r1 = MS_MIN(ff, r0 + j->rows);
+    const uint8_t *xq = quant_has_q16(ly->gate_exps.type) ? c->cpu_xq : NULL;
+    float *g = c->cpu_g + (size_t)k * ff, *u = c->cpu_u + (size_t)k * ff;
+    host_rows(&ly->gate_exps, c->refs[k].gate, c->h_hin, xq, g, r0, r1);
+    host_rows(&ly->up_exps, c->refs[k].up, c->h_hin, quant_has_q16(ly->up_exps.type) ? c->cpu_xq : NULL, u, r0, r1);
+    for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+}
+
+static void cpu_down_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const cpu_job *j = (const cpu_job *)ctx;
+    cu_ctx *c = j->c;
+    const ms_mat3 *w = &j->ly->down_exps;
+    const int64_t E = w->n_out, ff = w->n_in, r0 = i * j->rows, r1 = MS_MIN(E, r0 + j->rows);
+    const size_t qb = quant_q16_bytes(ff);
+    for (int k = 0; k < c->n_cpu; k++)
+        host_rows(w, c->refs[k].down, c->cpu_g + (size_t)k * ff, quant_has_q16(w->type) ? c->cpu_actq + k * qb : NULL,
+                  c->cpu_y + (size_t)k * E, r0, r1);
+    for (int64_t r = r0; r < r1; r++) {
+        float acc = 0.0f;
+        for (int k = 0; k < c->n_cpu; k++) acc += c->cpu_w[k] * c->cpu_y[(size_t)k * E + r];
+        c->h_cpu_y[r] = acc;
+    }
+}
+
+/* Computes experts cpu_ids[0..n_cpu) of layer il (weights cpu_w) on the host from h_hin into
+ * h_cpu_y, then queues its upload and add to the residual on the compute stream. */
+static int moe_cpu(cu_ctx *c, const ms_layer *ly, int il, ms_err *e) {
+    const int E = c->m->hp.n_embd, n = c->n_cpu, nth = pool_size(c->cpu_pool);
+    const int64_t ff = ly->gate_exps.n_out;
+    int rc = experts_acquire(c->store, il, c->cpu_ids, n, c->refs, e);
+    if (rc) return rc;
+    if (quant_has_q16(ly->gate_exps.type) || quant_has_q16(ly->up_exps.type)) quant_q16_quantize(c->h_hin, E, c->cpu_xq);
+    cpu_job j = {c, ly, MS_MAX(1, (2 * nth + n - 1) / n), 0};
+    j.rows = (ff + j.chunks - 1) / j.chunks;
+    pool_run(c->cpu_pool, cpu_up_task, &j, n * j.chunks);
+    if (quant_has_q16(ly->down_exps.type))
+        for (int k = 0; k < n; k++)
+            quant_q16_quantize(c->cpu_g + (size_t)k * ff, ff, c->cpu_actq + (size_t)k * quant_q16_bytes(ff));
+    j.rows = MS_MAX(16, (E + 2 * nth - 1) / (2 * nth));
+    pool_run(c->cpu_pool, cpu_down_task, &j, (int)((E + j.rows - 1) / j.rows));
+    experts_release(c->store, il, c->cpu_ids, n);
+    CK(cudaMemcpyAsync(c->d_cpu_y, c->h_cpu_y, sizeof(float) * (size_t)E, cudaMemcpyHostToDevice, c->cs));
+    k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, c->d_cpu_y, E);
+    return MS_OK;
+}
+
+
 static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms_err *e) {
     const ms_hparams *hp = &c->m->hp;
     const int NE = hp->n_expert, K = hp->n_expert_used, TK = T * K;
@@ -2378,6 +2500,29 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
 
     if (c->pend.n && c->pend.il != il) flush_pending(c);
     const int pf = c->pf_il == il; /* the prefetch made while the previous layer computed is for this one */
+    c->n_cpu = 0;
+    if (T == 1 && c->cpu_on) {
+        /* the CPU's share of the misses: those least often asked for (they would be evicted first) */
+        /* the misses the prefetch left to the host, then a share of the others (those least often
+         * asked for: they would be evicted first) */
+        int n_m = 0, *cand = c->fill, left = 0;
+        c->cpu_gen++;
+        for (int i = 0; i < n_exp; i++) {
+            if (c->map_slot[il * NE + c->exp_ids[i]] >= 0) continue;
+            if (c->cpu_left[c->exp_ids[i]] == c->cpu_gen) cand[n_m++] = cand[left], cand[left++] = i;
+            else cand[n_m++] = i;
+        }
+        for (int take = left + cpu_take(c, n_m - left); c->n_cpu < take; c->n_cpu++) {
+            int best = c->n_cpu;
+            for (int j = c->n_cpu + 1; j < n_m && c->n_cpu >= left; j++)
+                if (c->freq[il * NE + c->exp_ids[cand[j]]] < c->freq[il * NE + c->exp_ids[cand[best]]]) best = j;
+            const int i = cand[best];
+            cand[best] = cand[c->n_cpu];
+            c->cpu_mark[i] = 1;
+            c->cpu_ids[c->n_cpu] = c->exp_ids[i];
+            c->cpu_w[c->n_cpu] = h_slot_w[c->exp_first[i]];
+        }
+    }
     int done = 0;
     int *hit = c->order, *got = c->order + NE, *miss = c->order + 2 * NE;
     while (done < n_exp) {
@@ -2387,6 +2532,13 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
          * prefetched experts (their copies were queued first), then the misses */
         for (; done < n_exp; done++) {
             const int key = il * NE + c->exp_ids[done];
+            if (c->cpu_on && c->cpu_mark[done]) { /* computed on the host (moe_cpu, in the first wave) */
+                c->cpu_mark[done] = 0;
+                c->timing.cache_requests++;
+                c->timing.cache_cpu++;
+                cache_request(c, key);
+                continue;
+            }
             int s = c->map_slot[key];
             if (s < 0) {
                 s = cache_victim(c);
@@ -2445,6 +2597,18 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
             CK(cudaStreamWaitEvent(c->cs, c->ev_copy[j], 0));
             if (run_experts(c, ly, dgu + g, dgd + g, 1, c->exp_count[i], T, d_slot_w))
                 return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
+        }
+        if (c->n_cpu) {
+            /* the host's experts while the copies run; then the share follows whichever was late */
+            if ((rc = moe_cpu(c, ly, il, e))) return rc;
+            if (c->cpu_auto) {
+                /* the link is busy with this layer's misses or the prefetch for this one */
+                const int busy = (n_miss && cudaEventQuery(c->ev_copy[n_miss - 1]) == cudaErrorNotReady) ||
+                                 (c->lookahead && cudaEventQuery(c->ev_pf_done) == cudaErrorNotReady);
+                cudaGetLastError(); /* "not ready" is no error */
+                c->cpu_share = MS_MIN(CPU_SHARE_MAX, MS_MAX(CPU_SHARE_MIN, c->cpu_share + (busy ? CPU_SHARE_STEP : -CPU_SHARE_STEP)));
+            }
+            c->n_cpu = 0;
         }
         if (done < n_exp) {
             /* the next wave reuses slots and the host-side group arrays */
@@ -2529,6 +2693,7 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
         k_topk<<<T, 32, 0, c->cs>>>(c->router, NE, tk);
     }
     if (host) {
+        if (T == 1 && c->cpu_on) CK(cudaMemcpyAsync(c->h_hin, c->h, sizeof(float) * (size_t)E, cudaMemcpyDeviceToHost, c->cs));
         CK(cudaMemcpyAsync(c->h_sel, c->sel, sizeof(int) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
         CK(cudaMemcpyAsync(c->h_selw, c->selw, sizeof(float) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
         /* inside a graph capture only an external record makes a node the host can wait on */
@@ -2883,6 +3048,19 @@ static void cu_destroy(void *ctx) {
     ms_free(c->lgraph);
     cudaFreeHost(c->h_sel);
     cudaFreeHost(c->h_selw);
+    pool_free(c->cpu_pool);
+    cudaFreeHost(c->h_hin);
+    cudaFreeHost(c->h_cpu_y);
+    cudaFree(c->d_cpu_y);
+    ms_free(c->cpu_ids);
+    ms_free(c->cpu_mark);
+    ms_free(c->cpu_left);
+    ms_free(c->cpu_w);
+    ms_free_aligned(c->cpu_g);
+    ms_free_aligned(c->cpu_u);
+    ms_free_aligned(c->cpu_y);
+    ms_free_aligned(c->cpu_xq);
+    ms_free_aligned(c->cpu_actq);
     cudaFreeHost(c->h_look);
     cudaFreeHost(c->h_x_idx);
     cudaFreeHost(c->h_grp_up);
@@ -3200,6 +3378,35 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         int nth = p->n_threads > 0 ? p->n_threads : ms_cpu_count();
         c->pool = pool_new(MS_MAX(1, MS_MIN(8, nth)));
         if (!c->pool) FAIL_NOMEM("copy threads");
+        const int E = hp->n_embd;
+        /* host-computed misses (off by default, see moe_cpu): MS_CUDA_CPU_SHARE=auto adapts, x in (0, 1] fixes the share */
+        const char *cs = getenv("MS_CUDA_CPU_SHARE");
+        c->cpu_auto = cs && !strcmp(cs, "auto");
+        c->cpu_share = c->cpu_auto ? CPU_SHARE_PCT0 / 100.0f : cs ? (float)atof(cs) : 0.0f;
+        c->cpu_on = c->cpu_share > 0.0f;
+        if (c->cpu_on) {
+            int64_t ff = 0;
+            for (int il = 0; il < hp->n_layer; il++) ff = MS_MAX(ff, m->layers[il].gate_exps.n_out);
+            const size_t qx = quant_q16_bytes((E + 31) / 32 * 32), qa = quant_q16_bytes((ff + 31) / 32 * 32);
+            c->cpu_pool = pool_new(MS_MAX(1, nth));
+            CKC(cudaMallocHost((void **)&c->h_hin, sizeof(float) * (size_t)E));
+            CKC(cudaMallocHost((void **)&c->h_cpu_y, sizeof(float) * (size_t)E));
+            CKC(cudaMalloc((void **)&c->d_cpu_y, sizeof(float) * (size_t)E));
+            c->cpu_ids = (int *)ms_calloc((size_t)NE, sizeof(int));
+            c->cpu_mark = (int *)ms_calloc((size_t)NE, sizeof(int));
+            c->cpu_left = (uint32_t *)ms_calloc((size_t)NE, sizeof(uint32_t));
+            c->cpu_w = (float *)ms_calloc((size_t)K, sizeof(float));
+            c->cpu_g = (float *)ms_malloc_aligned(sizeof(float) * (size_t)K * ff);
+            c->cpu_u = (float *)ms_malloc_aligned(sizeof(float) * (size_t)K * ff);
+            c->cpu_y = (float *)ms_malloc_aligned(sizeof(float) * (size_t)K * E);
+            c->cpu_xq = (uint8_t *)ms_malloc_aligned(qx);
+            c->cpu_actq = (uint8_t *)ms_malloc_aligned((size_t)K * qa);
+            if (!c->cpu_pool || !c->cpu_ids || !c->cpu_mark || !c->cpu_left || !c->cpu_w || !c->cpu_g || !c->cpu_u || !c->cpu_y || !c->cpu_xq ||
+                !c->cpu_actq)
+                FAIL_NOMEM("host expert buffers");
+            c->host_bytes += sizeof(int) * 3 * (size_t)NE + sizeof(float) * ((size_t)K * (2 * ff + E + 1) + 2 * (size_t)E) + qx +
+                             (size_t)K * qa;
+        }
         /* router lookahead: --lookahead (ms_backend_params.lookahead) or the default; MS_CUDA_LOOKAHEAD=0|1 overrides */
         const char *la = getenv("MS_CUDA_LOOKAHEAD");
         c->lookahead = la && *la ? atoi(la) != 0 : (p->lookahead || GPU_LOOKAHEAD_DEFAULT);

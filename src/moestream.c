@@ -338,6 +338,7 @@ void ms_context_stats(const ms_context *c, ms_stats *o) {
     o->gpu_bytes_in = t->cache_bytes_in;
     o->gpu_prefetches = t->cache_prefetches;
     o->gpu_prefetch_used = t->cache_prefetch_used;
+    o->gpu_cpu_experts = t->cache_cpu;
 }
 
 void ms_roofline_of(const ms_model *m, const ms_stats *a, const ms_stats *b, double tokens, double disk_bw,

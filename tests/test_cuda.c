@@ -8,7 +8,9 @@
  *    path's, max KL <= 1e-5, with all experts in VRAM, with a cache of a few slots (evictions,
  *    batches split into waves) copying from page-locked memory, and through pinned staging
  *    buffers with small batches; the last two again with the router lookahead (decode prefetches
- *    the next layer's predicted experts into that small cache). Plus the core tests' bounds on the GPU: tiny fixtures against
+ *    the next layer's predicted experts into that small cache); the small cache again with every
+ *    decode miss computed on the host (MS_CUDA_CPU_SHARE=1; the others adapt the share, except
+ *    "few slots", which has none). Plus the core tests' bounds on the GPU: tiny fixtures against
  *    transformers (max KL <= 1e-4, the 24 greedy ids), small quantized files no worse than
  *    llama.cpp's logits, and prefix reuse (checkpoint, rewind).
  *
@@ -27,6 +29,7 @@
 #include "testlib.h"
 
 static uint64_t pf_total, pf_used_total; /* the lookahead configurations' prefetches, all files */
+static uint64_t cpu_total;               /* misses computed on the host, all files */
 
 static int partial;
 
@@ -151,6 +154,7 @@ typedef struct run_cfg {
     const char *staging; /* MS_CUDA_STAGING, or NULL */
     const char *graphs;  /* MS_CUDA_GRAPHS, or NULL */
     const char *look;    /* MS_CUDA_LOOKAHEAD: "1" prefetch, "0" not (whatever the default) */
+    const char *cpu;     /* MS_CUDA_CPU_SHARE: NULL adapts, "0" no host-computed misses, "1" all */
 } run_cfg;
 
 static void set_env(const char *name, const char *v) {
@@ -167,6 +171,7 @@ static float *run_logits(const char *path, const run_cfg *cfg, const int *prompt
     set_env("MS_CUDA_STAGING", cfg->staging);
     set_env("MS_CUDA_GRAPHS", cfg->graphs);
     set_env("MS_CUDA_LOOKAHEAD", cfg->look);
+    set_env("MS_CUDA_CPU_SHARE", cfg->cpu);
     ms_model *m = NULL;
     ms_error err;
     float *out = NULL;
@@ -206,6 +211,7 @@ static float *run_logits(const char *path, const run_cfg *cfg, const int *prompt
     ms_context_stats(c, &st);
     pf_total += st.gpu_prefetches;
     pf_used_total += st.gpu_prefetch_used;
+    cpu_total += st.gpu_cpu_experts;
     ms_context_free(c);
 done:
     ms_model_free(m);
@@ -213,6 +219,7 @@ done:
     unsetenv("MS_CUDA_STAGING");
     unsetenv("MS_CUDA_GRAPHS");
     unsetenv("MS_CUDA_LOOKAHEAD");
+    unsetenv("MS_CUDA_CPU_SHARE");
     *nv_out = nv;
     return out;
 }
@@ -238,7 +245,7 @@ static float *check_agreement(const char *rel, const int *prompt, int n_prompt, 
     char path[4096];
     snprintf(path, sizeof path, "%s", t_path(rel));
     quant_force_isa("scalar");
-    run_cfg cpu = {0, 512, NULL, NULL, NULL, NULL};
+    run_cfg cpu = {0, 512, NULL, NULL, NULL, NULL, NULL};
     int nv = 0;
     float *ref = run_logits(path, &cpu, prompt, n_prompt, &nv);
     if (quant_force_isa("avx512") && quant_force_isa("avx2")) quant_force_isa("scalar");
@@ -247,13 +254,16 @@ static float *check_agreement(const char *rel, const int *prompt, int n_prompt, 
      * of 2 * top-k slots (prefill in waves, evictions), copies from page-locked memory; the same
      * through pinned staging buffers, with batches of 5; both again with the router lookahead
      * (its prefetches compete with the misses for those few slots), the second kernel by kernel */
-    const run_cfg gpus[] = {{1, 512, NULL, NULL, NULL, "0"}, {1, 512, NULL, NULL, "0", "0"}, {1, 512, "1", NULL, NULL, "0"},
-                            {1, 5, "1", "1", NULL, "0"},     {1, 512, "1", NULL, NULL, "1"}, {1, 5, "1", "1", "0", "1"}};
-    const char *label[] = {"resident", "no graph", "few slots", "staged b5", "lookahead", "look staged"};
+    const run_cfg gpus[] = {{1, 512, NULL, NULL, NULL, "0", NULL}, {1, 512, NULL, NULL, "0", "0", NULL},
+                            {1, 512, "1", NULL, NULL, "0", "0"},   {1, 5, "1", "1", NULL, "0", NULL},
+                            {1, 512, "1", NULL, NULL, "1", NULL},  {1, 5, "1", "1", "0", "1", NULL},
+                            {1, 512, "1", NULL, NULL, "1", "1"}};
+    const char *label[] = {"resident", "no graph", "few slots", "staged b5", "lookahead", "look staged", "host misses"};
+    const int n_cfg = (int)(sizeof gpus / sizeof gpus[0]);
     float *keep = NULL;
     uint64_t pf0 = pf_total, used0 = pf_used_total;
     printf("  %-42s", rel);
-    for (int g = 0; g < 6; g++) {
+    for (int g = 0; g < n_cfg; g++) {
         int nv2 = 0;
         float *got = run_logits(path, &gpus[g], prompt, n_prompt, &nv2);
         if (!got) continue;
@@ -461,5 +471,7 @@ int main(int argc, char **argv) {
           (unsigned long long)pf_total);
     printf("  lookahead: %llu experts prefetched, %llu of them routed to (%.0f%%)\n", (unsigned long long)pf_total,
            (unsigned long long)pf_used_total, pf_total ? 100.0 * pf_used_total / pf_total : 0.0);
+    CHECK(cpu_total > 0, "no configuration computed a missed expert on the host");
+    printf("  host-computed misses: %llu experts\n", (unsigned long long)cpu_total);
     return t_done("test_cuda");
 }
