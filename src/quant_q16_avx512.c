@@ -358,9 +358,48 @@ INLINE void mm_k_pass(const uint8_t *w, size_t row_bytes, int64_t r0, int64_t r1
     }
 }
 
+/* Q4_K/Q5_K matvec: the dot with the "min" terms at half width. A sub-block's min m_j meets
+ * the sum of its 32 activations, taken once per call as a float times dx (sx32); a block's 8
+ * mins then cost one 256-bit convert, multiply and FMA (a 512-bit op takes both halves of the
+ * pipes on Zen 4). The same products as dot_k, summed in another order. */
+INLINE float dot_k4_sx(const uint8_t *b, const int16_t *xv, const float *dx, const float *sx32, int64_t n,
+                       int bytes, kdec_fn dec) {
+    __m512 acc = _mm512_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    for (int64_t g = 0; g < n / QK_K; g++, b += bytes) {
+        prefetch_ahead(b, bytes);
+        kdec k;
+        dec(b, &k, 0.0f); /* k.mins unused: the compiler drops it */
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kdot(&k, xv + QK_K * g)),
+                              _mm512_set1_ps(k.d * dx[g]), acc);
+        uint32_t sw[4];
+        quant_scale_min_k4_words(b + 4, sw);
+        __m256 m = _mm256_cvtepi32_ps(
+            _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)((uint64_t)sw[3] << 32 | sw[2]))));
+        accm = _mm256_fmadd_ps(_mm256_mul_ps(m, _mm256_set1_ps(f16_at(b + 2))),
+                               _mm256_loadu_ps(sx32 + 8 * g), accm);
+    }
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    a = _mm256_sub_ps(a, accm);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+enum { SX32_MAX = 1024 }; /* rows of up to 32768 values take dot_k4_sx */
+
 INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                  const void *const *x, int n_tok, float *y, int64_t ldy, int bytes, int mins,
                  kdec_fn dec) {
+    if (n_tok == 1 && mins == 2 && n / 32 <= SX32_MAX) {
+        _Alignas(64) float sx32[SX32_MAX];
+        const float *dx = q16_scales(x[0], n);
+        const int32_t *s = q16_sums(x[0], n);
+        for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = dot_k4_sx(w + (size_t)r * row_bytes, q16_vals(x[0]), dx, sx32, n, bytes, dec);
+        return;
+    }
     if (n_tok == 1) {
         for (int64_t r = r0; r < r1; r++)
             y[r] = dot_k(w + (size_t)r * row_bytes, x[0], n, bytes, mins, dec);
@@ -424,8 +463,8 @@ INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int6
 
 K_KERNELS(q2_k, QB_Q2_K, 1)
 K_KERNELS(q3_k, QB_Q3_K, 0)
-K_KERNELS(q4_k, QB_Q4_K, 1)
-K_KERNELS(q5_k, QB_Q5_K, 1)
+K_KERNELS(q4_k, QB_Q4_K, 2)
+K_KERNELS(q5_k, QB_Q5_K, 2)
 K_KERNELS(q6_k, QB_Q6_K, 0)
 K_KERNELS(iq4_xs, QB_IQ4_XS, 0)
 
