@@ -182,7 +182,7 @@ static void mm_run(ms_fwd *f, const mm_op *ops_in, int n_ops) {
     mm_job j = {f, ops, n_ops, {0}, {0}};
     int chunks = 0;
     for (int o = 0; o < n_ops; o++) {
-        int64_t want = (int64_t)f->nth * 4;
+        int64_t want = (int64_t)f->nth * 2;
         int64_t rpc = (ops[o].n_out + want - 1) / want;
         if (rpc < 4) rpc = 4;
         j.rows_per_chunk[o] = rpc;
@@ -628,7 +628,7 @@ static void moe_compute(ms_fwd *f, const ms_layer *ly, int x0, int x1) {
     int64_t ff = ly->gate_exps.n_out, E = ly->down_exps.n_out;
     int n = x1 - x0;
     moe_job j = {f, ly, x0, x1, 0, 0};
-    j.chunks_per_exp = (int)MS_MAX(1, MS_MIN(ff / 16, (int64_t)f->nth * 4 / n + 1));
+    j.chunks_per_exp = (int)MS_MAX(1, MS_MIN(ff / 16, (int64_t)f->nth * 2 / n + 1));
     j.rows_per_chunk = (ff + j.chunks_per_exp - 1) / j.chunks_per_exp;
     pool_run(f->pool, moe_up_task, &j, n * j.chunks_per_exp);
     if (f->actq && quant_has_q16(ly->down_exps.type)) {
@@ -1045,7 +1045,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->actq = (uint8_t *)alloc_f(f, T * K * quant_q16_bytes(hp->n_ff_exp) / sizeof(float), &fail);
     f->xq_rows = ms_calloc(T * K, sizeof(void *));
     if (!f->xq_rows) fail = 1;
-    f->down_rows = (int64_t)MS_MAX(4, (E + (size_t)f->nth * 4 - 1) / ((size_t)f->nth * 4));
+    f->down_rows = (int64_t)MS_MAX(4, (E + (size_t)f->nth * 2 - 1) / ((size_t)f->nth * 2));
     f->down_tmp_len = T * (size_t)f->down_rows;
     f->down_tmp = alloc_f(f, (size_t)f->nth * f->down_tmp_len, &fail);
     if (hp->n_v_heads && n_batch >= GDN_CHUNK) {
