@@ -47,6 +47,7 @@ struct ms_fwd {
     int lookahead;               /* prefetch the next layer's likely experts (decode) */
     double *layer_time;          /* [n_layer][4]: attention, routing, expert wait, expert compute */
     float *look;                 /* [n_embd] the lookahead's normed hidden state */
+    float *rope_cs;              /* [n_batch][n_rot/2][2]: the batch's RoPE cos, sin (rope_table) */
     float *gdn_scratch;          /* [nth][gdn_scratch_len]: chunked Gated DeltaNet (prefill) */
     /* 16-bit activations for the integer kernels (quant.h: q16): the inputs of one mm_run, the
      * MoE input rows, and the SwiGLU rows of each expert slot */
@@ -208,12 +209,20 @@ typedef struct attn_job {
 /* Rotates pairs (i, i + n_rot/2) of the first n_rot dims. The angle is formed in float32 as
  * transformers does (inv_freq = 1 / base^(2i/n_rot), angle = pos * inv_freq), so long prompts
  * see the same rounding as the reference. */
-static void rope_neox(float *v, int n_rot, int pos, float base) {
-    int half = n_rot / 2;
-    for (int i = 0; i < half; i++) {
+static void rope_table(float *cs, int n_rot, int pos, float base) {
+    for (int i = 0; i < n_rot / 2; i++) {
         float inv_freq = 1.0f / powf(base, (float)(2 * i) / (float)n_rot);
         float theta = (float)pos * inv_freq;
-        float c = cosf(theta), s = sinf(theta);
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
+    }
+}
+
+/* cs: rope_table's row for the position (made once a batch, for every layer and head). */
+static void rope_neox(float *v, int n_rot, const float *cs) {
+    int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        float c = cs[2 * i], s = cs[2 * i + 1];
         float a = v[i], b = v[i + half];
         v[i] = a * c - b * s;
         v[i + half] = a * s + b * c;
@@ -298,12 +307,12 @@ static void attention(ms_fwd *f, const ms_layer *ly, int il, int T) {
             float *q = f->q + ((size_t)t * hp->n_head + hh) * hd;
             if (ly->q_norm) rmsnorm(q, src, ly->q_norm, hd, hp->norm_eps);
             else memcpy(q, src, sizeof(float) * hd);
-            rope_neox(q, hp->n_rot, f->pos + t, hp->rope_base);
+            rope_neox(q, hp->n_rot, f->rope_cs + (size_t)t * hp->n_rot);
         }
         for (int hh = 0; hh < hp->n_head_kv; hh++) {
             float *k = kc + (size_t)t * kvd + (size_t)hh * hd;
             if (ly->k_norm) rmsnorm(k, k, ly->k_norm, hd, hp->norm_eps);
-            rope_neox(k, hp->n_rot, f->pos + t, hp->rope_base);
+            rope_neox(k, hp->n_rot, f->rope_cs + (size_t)t * hp->n_rot);
         }
     }
     attn_job j = {f, ly, il, T, f->pos};
@@ -793,6 +802,8 @@ static int eval_batch(ms_fwd *f, const int32_t *tokens, int T, int all_logits, m
     const ms_hparams *hp = &m->hp;
     int E = hp->n_embd;
     if (embed(f, tokens, T, e)) return e ? e->status : MS_ERR_IO;
+    if (hp->n_head) /* attention layers rotate by the same angles in every layer */
+        for (int t = 0; t < T; t++) rope_table(f->rope_cs + (size_t)t * hp->n_rot, hp->n_rot, f->pos + t, hp->rope_base);
     for (int il = 0; il < hp->n_layer; il++) {
         const ms_layer *ly = &m->layers[il];
         ms_timing before = f->timing;
@@ -1036,6 +1047,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     f->sh_gate = alloc_f(f, T, &fail);
     f->moe = alloc_f(f, T * E, &fail);
     f->look = alloc_f(f, T * (E + NE), &fail);
+    f->rope_cs = alloc_f(f, T * (size_t)MS_MAX(hp->n_rot, 1), &fail);
     /* q16 scratch: every matrix input, the MoE rows, the SwiGLU rows, the down products */
     size_t widest = MS_MAX(MS_MAX(E, qw), MS_MAX(vd, (size_t)MS_MAX(hp->n_ff_exp, hp->n_ff_shexp)));
     widest = (widest + 31) / 32 * 32;
