@@ -81,6 +81,8 @@ static inline __m512 load_f32_part(const uint8_t *p, __mmask16 k) {
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                          \
         int64_t i = 0;                                                                       \
         for (; i + 64 <= n; i += 64) {                                                       \
+            for (int l = 0; l < 64 * ESIZE; l += 64) /* as the q16 kernels: stream ahead */    \
+                _mm_prefetch((const char *)(w + ESIZE * i + 2048 + l), _MM_HINT_T0);           \
             a0 = _mm512_fmadd_ps(load(w + ESIZE * i), _mm512_loadu_ps(x + i), a0);           \
             a1 = _mm512_fmadd_ps(load(w + ESIZE * (i + 16)), _mm512_loadu_ps(x + i + 16), a1); \
             a2 = _mm512_fmadd_ps(load(w + ESIZE * (i + 32)), _mm512_loadu_ps(x + i + 32), a2); \
