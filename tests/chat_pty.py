@@ -16,18 +16,11 @@ import sys
 import tempfile
 import time
 
+from checks import Checks
+
 BIN, FX = sys.argv[1], sys.argv[2]
 SLOW = 10 if os.environ.get("MS_SANITIZED") else 1
-checks = failures = 0
-
-
-def check(cond, what, screen=""):
-    global checks, failures
-    checks += 1
-    if not cond:
-        failures += 1
-        tail = screen[-600:].replace("\r", "")
-        print(f"FAIL chat_pty: {what}\n--- screen tail ---\n{tail}\n---", file=sys.stderr)
+check = Checks("chat_pty", lambda screen: "\n--- screen tail ---\n" + str(screen)[-600:].replace("\r", "") + "\n---")
 
 
 class Chat:
@@ -168,11 +161,7 @@ def main():
         p = subprocess.run([BIN, "chat"], capture_output=True, text=True, timeout=30)
         check(p.returncode == 1 and "no model given" in p.stderr, "chat without a model", p.stderr)
 
-    if failures:
-        print(f"chat_pty: {failures} of {checks} checks FAILED", file=sys.stderr)
-        return 1
-    print(f"chat_pty: {checks} checks passed")
-    return 0
+    return check.finish()
 
 
 if __name__ == "__main__":

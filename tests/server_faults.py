@@ -14,19 +14,11 @@ import sys
 import threading
 import urllib.parse
 
+from checks import Checks
+
 BASE, MODEL, FAULTS = sys.argv[1], sys.argv[2], sys.argv[3]
 U = urllib.parse.urlparse(BASE)
-checks = failures = 0
-lock = threading.Lock()
-
-
-def check(cond, what, detail=""):
-    global checks, failures
-    with lock:
-        checks += 1
-        if not cond:
-            failures += 1
-            print(f"FAIL server faults: {what}: {str(detail)[:400]}", file=sys.stderr)
+check = Checks("server faults", lambda d: str(d)[:400])
 
 
 def fault(text):
@@ -73,8 +65,8 @@ def main():
     check(st == 200, "baseline chat", js)
     st, js, base_compl = compl()
     check(st == 200, "baseline completion", js)
-    if failures:
-        return 1
+    if check.failures:
+        return check.finish()
 
     # reads that fail: at the first read (an embedding row), then after some expert reads
     n_read = 0
@@ -147,11 +139,7 @@ def main():
 
     print(f"  read faults: {n_read} requests answered 500 then the same reply; allocation faults at "
           f"1..{n_alloc}: {n_500} answered 500, every next request the same reply")
-    if failures:
-        print(f"server faults: {failures} of {checks} checks FAILED", file=sys.stderr)
-        return 1
-    print(f"server faults: {checks} checks passed")
-    return 0
+    return check.finish()
 
 
 if __name__ == "__main__":

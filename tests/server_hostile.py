@@ -15,20 +15,12 @@ import threading
 import time
 import urllib.parse
 
+from checks import Checks
+
 BASE, KEY, MODEL = sys.argv[1], sys.argv[2], sys.argv[3]
 U = urllib.parse.urlparse(BASE)
 HOST, PORT = U.hostname, U.port
-checks = failures = 0
-lock = threading.Lock()
-
-
-def check(cond, what, detail=""):
-    global checks, failures
-    with lock:
-        checks += 1
-        if not cond:
-            failures += 1
-            print(f"FAIL server: {what}: {str(detail)[:500]}", file=sys.stderr)
+check = Checks("server")
 
 
 def request(method, path, body=None, headers=None, raw=None, timeout=60):
@@ -240,11 +232,7 @@ def main():
         check(st == 200 and f"moestream_{name} " in text, f"/metrics has {name}", text[:300])
     check(gen is not None and gen > 0, "tokens are counted", gen)
 
-    if failures:
-        print(f"server: {failures} of {checks} checks FAILED", file=sys.stderr)
-        return 1
-    print(f"server: {checks} checks passed")
-    return 0
+    return check.finish()
 
 
 if __name__ == "__main__":
