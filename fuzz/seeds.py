@@ -25,38 +25,44 @@ def put(target, name, data):
     n_written[target] = n_written.get(target, 0) + 1
 
 
+def rd_str(b, p):
+    """A GGUF string at p: its bytes and the position after it."""
+    n = struct.unpack_from("<Q", b, p)[0]
+    return b[p + 8:p + 8 + n], p + 8 + n
+
+
+def skip_value(b, t, p):
+    """The position after a metadata value of type t at p."""
+    if t == 8:
+        return rd_str(b, p)[1]
+    if t == 9:
+        et, n = struct.unpack_from("<IQ", b, p)
+        p += 12
+        for _ in range(n):
+            p = skip_value(b, et, p)
+        return p
+    return p + SIZES[t]
+
+
+def walk_kv(b):
+    """Walks the metadata of a GGUF header: (position after it, general.alignment or 32)."""
+    pos, align = 24, 32
+    for _ in range(struct.unpack_from("<Q", b, 16)[0]):
+        key, pos = rd_str(b, pos)
+        t = struct.unpack_from("<I", b, pos)[0]
+        if key == b"general.alignment":
+            align = struct.unpack_from("<I", b, pos + 4)[0]
+        pos = skip_value(b, t, pos + 4)
+    return pos, align
+
+
 def gguf_header(path):
     """The bytes of a GGUF file before its tensor data (header, metadata, tensor table)."""
     with open(path, "rb") as f:
         b = f.read(64 << 20)
-    pos = 24
-    n_tensors, n_kv = struct.unpack_from("<QQ", b, 8)
-    align = 32
-
-    def rd_str(p):
-        n = struct.unpack_from("<Q", b, p)[0]
-        return b[p + 8:p + 8 + n], p + 8 + n
-
-    def skip_value(t, p):
-        if t == 8:
-            return rd_str(p)[1]
-        if t == 9:
-            et, n = struct.unpack_from("<IQ", b, p)
-            p += 12
-            for _ in range(n):
-                p = skip_value(et, p)
-            return p
-        return p + SIZES[t]
-
-    for _ in range(n_kv):
-        key, pos = rd_str(pos)
-        t = struct.unpack_from("<I", b, pos)[0]
-        pos += 4
-        if key == b"general.alignment":
-            align = struct.unpack_from("<I", b, pos)[0]
-        pos = skip_value(t, pos)
-    for _ in range(n_tensors):
-        _, pos = rd_str(pos)
+    pos, align = walk_kv(b)
+    for _ in range(struct.unpack_from("<Q", b, 8)[0]):
+        _, pos = rd_str(b, pos)
         nd = struct.unpack_from("<I", b, pos)[0]
         pos += 4 + 8 * nd + 4 + 8
     return b[:(pos + align - 1) // align * align]
@@ -78,33 +84,13 @@ for path in models:
 def split_in_two(header):
     """Two GGUF headers holding the tensors of one, the first with split.count = 2."""
     n_tensors, n_kv = struct.unpack_from("<QQ", header, 8)
-    pos = 24
     b = header
-
-    def rd_str(p):
-        n = struct.unpack_from("<Q", b, p)[0]
-        return p + 8 + n
-
-    def skip_value(t, p):
-        if t == 8:
-            return rd_str(p)
-        if t == 9:
-            et, n = struct.unpack_from("<IQ", b, p)
-            p += 12
-            for _ in range(n):
-                p = skip_value(et, p)
-            return p
-        return p + SIZES[t]
-
-    for _ in range(n_kv):
-        pos = rd_str(pos)
-        t = struct.unpack_from("<I", b, pos)[0]
-        pos = skip_value(t, pos + 4)
+    pos, _ = walk_kv(b)
     kvs = b[24:pos]
     infos = []
     for _ in range(n_tensors):
         start = pos
-        pos = rd_str(pos)
+        _, pos = rd_str(b, pos)
         nd = struct.unpack_from("<I", b, pos)[0]
         pos += 4 + 8 * nd + 4
         infos.append((b[start:pos], struct.unpack_from("<Q", b, pos)[0]))
