@@ -1105,7 +1105,7 @@ void fwd_free(ms_fwd *f) {
     ms_free(f->ssm_state);
     float *fs[] = {f->x, f->h, f->a, f->q, f->att, f->qkv, f->z, f->beta, f->alpha, f->gdn_o, f->router,
                    f->sel_w, f->slot_w, f->act_g, f->act_u, f->sh_g, f->sh_u, f->sh_gate, f->moe,
-                   f->thread_buf, f->logits, f->look, f->gdn_scratch, (float *)f->xq, (float *)f->hq,
+                   f->thread_buf, f->logits, f->look, f->rope_cs, f->gdn_scratch, (float *)f->xq, (float *)f->hq,
                    (float *)f->actq, f->down_tmp};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) ms_free_aligned(fs[i]);
     ms_free(f->sel);
