@@ -2502,7 +2502,6 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
     const int pf = c->pf_il == il; /* the prefetch made while the previous layer computed is for this one */
     c->n_cpu = 0;
     if (T == 1 && c->cpu_on) {
-        /* the CPU's share of the misses: those least often asked for (they would be evicted first) */
         /* the misses the prefetch left to the host, then a share of the others (those least often
          * asked for: they would be evicted first) */
         int n_m = 0, *cand = c->fill, left = 0;
