@@ -1220,23 +1220,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
-
-
-/* One token's attention in one launch: block h prepares query head h and the key of its kv head
- * (norm, RoPE) in shared memory, the first block of each kv group writes that key and the value
- * into the cache at *d_pos, and every block attends over positions < *d_pos from the cache and
- * the new position from shared memory (so no block reads a row another is writing). */
-template <int MAXJ>
-__global__ void __launch_bounds__(ATT_WARPS * 32)
-    k_attn1(const float *a, int lda, int gated, float *kc, float *vc, const float *kv_in, int kvd, const float *qn, const float *kn,
-            int n_head, int n_head_kv, int hd, int n_rot, const int *d_pos, float base, float eps, float *out) {
-    __shared__ float qs[MAXJ * 32], ks[MAXJ * 32], vs[MAXJ * 32];
-    const int h = blockIdx.x, grp = n_head / n_head_kv, kvh = h / grp, pos = *d_pos;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const float *qsrc = a + (size_t)h * hd * (gated ? 2 : 1);
-    const size_t koff = (size_t)kvh * hd;
-    const float *ksrc = kv_in + koff, *vsrc = kv_in + kvd + koff;
-    (void)lda;
+/* The prologue of the one-token attention kernels (k_attn1, k_attn1b): q, k and v of this block's
+ * head into shared memory, q and k RMS-normed (qn, kn) and rotated (RoPE at pos), and, when
+ * `write` (the first block of each kv group), k and v stored into the cache at row offset `at`. */
+__device__ __forceinline__ void attn1_prologue(float *qs, float *ks, float *vs, const float *qsrc, const float *ksrc,
+                                               const float *vsrc, int hd, const float *qn, const float *kn, float eps,
+                                               int n_rot, int pos, float base, bool write, float *kc, float *vc, size_t at) {
     float sq = 0.0f, sk = 0.0f;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         qs[d] = qsrc[d];
@@ -1268,11 +1257,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         ks[i + half] = x0 * s + x1 * c;
     }
     __syncthreads();
-    if (h % grp == 0)
+    if (write)
         for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-            kc[(size_t)pos * kvd + koff + d] = ks[d];
-            vc[(size_t)pos * kvd + koff + d] = vs[d];
+            kc[at + d] = ks[d];
+            vc[at + d] = vs[d];
         }
+}
+
+/* One token's attention in one launch: block h prepares query head h and the key of its kv head
+ * (norm, RoPE) in shared memory, the first block of each kv group writes that key and the value
+ * into the cache at *d_pos, and every block attends over positions < *d_pos from the cache and
+ * the new position from shared memory (so no block reads a row another is writing). */
+template <int MAXJ>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn1(const float *a, int lda, int gated, float *kc, float *vc, const float *kv_in, int kvd, const float *qn, const float *kn,
+            int n_head, int n_head_kv, int hd, int n_rot, const int *d_pos, float base, float eps, float *out) {
+    __shared__ float qs[MAXJ * 32], ks[MAXJ * 32], vs[MAXJ * 32];
+    const int h = blockIdx.x, grp = n_head / n_head_kv, kvh = h / grp, pos = *d_pos;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const float *qsrc = a + (size_t)h * hd * (gated ? 2 : 1);
+    const size_t koff = (size_t)kvh * hd;
+    const float *ksrc = kv_in + koff, *vsrc = kv_in + kvd + koff;
+    (void)lda;
+    attn1_prologue(qs, ks, vs, qsrc, ksrc, vsrc, hd, qn, kn, eps, n_rot, pos, base, h % grp == 0, kc, vc, (size_t)pos * kvd + koff);
     const float scale = 1.0f / sqrtf((float)hd);
     float qv[MAXJ], acc[MAXJ];
 #pragma unroll
@@ -1348,42 +1355,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     const float *qsrc = a + (size_t)h * HD * (gated ? 2 : 1);
     const size_t koff = (size_t)kvh * HD;
     const float *ksrc = kv_in + koff, *vsrc = kv_in + kvd + koff;
-    float sq = 0.0f, sk = 0.0f;
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        qs[d] = qsrc[d];
-        ks[d] = ksrc[d];
-        vs[d] = vsrc[d];
-        sq += qs[d] * qs[d];
-        sk += ks[d] * ks[d];
-    }
-    if (qn) sq = block_sum(sq);
-    if (kn) sk = block_sum(sk);
-    __syncthreads();
-    const float fq = qn ? (float)(1.0 / sqrt((double)sq / HD + eps)) : 1.0f;
-    const float fk = kn ? (float)(1.0 / sqrt((double)sk / HD + eps)) : 1.0f;
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        if (qn) qs[d] = qs[d] * fq * qn[d];
-        if (kn) ks[d] = ks[d] * fk * kn[d];
-    }
-    __syncthreads();
-    const int half = n_rot / 2;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float inv_freq = 1.0f / powf(base, (float)(2 * i) / (float)n_rot);
-        const float theta = (float)pos * inv_freq;
-        const float c = cosf(theta), s = sinf(theta);
-        float x0 = qs[i], x1 = qs[i + half];
-        qs[i] = x0 * c - x1 * s;
-        qs[i + half] = x0 * s + x1 * c;
-        x0 = ks[i], x1 = ks[i + half];
-        ks[i] = x0 * c - x1 * s;
-        ks[i + half] = x0 * s + x1 * c;
-    }
-    __syncthreads();
-    if (h % grp == 0)
-        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-            kc[(size_t)pos * kvd + koff + d] = ks[d];
-            vc[(size_t)pos * kvd + koff + d] = vs[d];
-        }
+    attn1_prologue(qs, ks, vs, qsrc, ksrc, vsrc, HD, qn, kn, eps, n_rot, pos, base, h % grp == 0, kc, vc, (size_t)pos * kvd + koff);
     const float scale = 1.0f / sqrtf((float)HD);
     const int sub = lane % LP, pw = lane / LP, rl = lane / LC, cl = lane % LC;
     float4 qv[4];
