@@ -383,25 +383,18 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
             continue;
         }
         int si = s->where[key];
-        if (si >= 0 && s->slots[si].state == SLOT_ERROR && !s->slots[si].pins) {
-            /* its read failed after every caller had let go (a failed layer releases the
-             * experts still loading): read it again rather than hand out the old error */
-            if (start_load(s, si, key)) {
-                rc = ms_fail(e, MS_ERR_NOMEM, "out of memory queueing reads");
-                break;
-            }
-            s->slots[si].pins = 1;
-            touch(s, &s->slots[si]);
-            continue;
-        }
         if (si >= 0) {
             slot *sl = &s->slots[si];
-            /* a prefetched expert still came from disk: it counts for the prefetch, not as a hit */
-            if (sl->prefetched) {
-                s->st.prefetch_used++;
-                sl->prefetched = 0;
-            } else {
-                s->st.hits++;
+            /* a failed read is no hit: with no caller left (release forgets the others) it is
+             * unowned, and experts_wait reads it again; a prefetched expert still came from disk:
+             * it counts for the prefetch, not as a hit */
+            if (sl->state != SLOT_ERROR) {
+                if (sl->prefetched) {
+                    s->st.prefetch_used++;
+                    sl->prefetched = 0;
+                } else {
+                    s->st.hits++;
+                }
             }
             sl->pins++;
             touch(s, sl);

@@ -73,8 +73,9 @@ long ms_pread(int fd, void *buf, size_t n, uint64_t off) {
         long k = fault_count(f, 0), after = 0;
         int nf = sscanf(f, "%15s %ld", what, &after);
         if (nf >= 1 && k > after) { /* "read-eio N": the reads after the first N fail */
-            if (!strcmp(what, "read-eio") || !strcmp(what, "read-eio-slow")) {
-                if (what[8]) usleep(50000);
+            int slow = !strcmp(what, "read-eio-slow");
+            if (slow || !strcmp(what, "read-eio")) {
+                if (slow) usleep(50000);
                 errno = EIO;
                 return -1;
             }
