@@ -84,6 +84,7 @@ typedef struct kdec {
     __m512i w[8];
     float d;
     __m512 mins;
+    uint64_t mins8; /* Q4_K/Q5_K: the 8 six-bit mins as bytes (for dot_k4_sx) */
 } kdec;
 
 /* Words (a, b): 16 lanes of a then 16 of b, as vpermw indices picking 16-value scales 2k, 2k+1. */
@@ -122,6 +123,7 @@ INLINE void dec_q4_k(const uint8_t *b, kdec *k, float mins_scale) {
     }
     k->d = f16_at(b);
     k->mins = k4_mins(sw, f16_at(b + 2) * mins_scale);
+    k->mins8 = (uint64_t)sw[3] << 32 | sw[2];
 }
 
 INLINE void dec_q5_k(const uint8_t *b, kdec *k, float mins_scale) {
@@ -146,6 +148,7 @@ INLINE void dec_q5_k(const uint8_t *b, kdec *k, float mins_scale) {
     }
     k->d = f16_at(b);
     k->mins = k4_mins(sw, f16_at(b + 2) * mins_scale);
+    k->mins8 = (uint64_t)sw[3] << 32 | sw[2];
 }
 
 /* Per 16-bit lane shift counts: a for the low 32 bytes, b for the high 32. */
@@ -372,18 +375,11 @@ INLINE float dot_k4_sx(const uint8_t *b, const int16_t *xv, const float *dx, con
         dec(b, &k, 0.0f); /* k.mins unused: the compiler drops it */
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kdot(&k, xv + QK_K * g)),
                               _mm512_set1_ps(k.d * dx[g]), acc);
-        uint32_t sw[4];
-        quant_scale_min_k4_words(b + 4, sw);
-        __m256 m = _mm256_cvtepi32_ps(
-            _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)((uint64_t)sw[3] << 32 | sw[2]))));
+        __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)k.mins8)));
         accm = _mm256_fmadd_ps(_mm256_mul_ps(m, _mm256_set1_ps(f16_at(b + 2))),
                                _mm256_loadu_ps(sx32 + 8 * g), accm);
     }
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
-    a = _mm256_sub_ps(a, accm);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    return _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(accm)));
 }
 
 enum { SX32_MAX = 1024 }; /* rows of up to 32768 values take dot_k4_sx */
