@@ -180,6 +180,13 @@ static int victim(ms_store *s, uint64_t protect_tick) {
     return best;
 }
 
+/* 1 if a slot is loading with no caller pinned on it: it will be a victim once its read ends. */
+static int busy_unpinned(const ms_store *s) {
+    for (int i = 0; i < s->n_slots; i++)
+        if (s->slots[i].state == SLOT_LOADING && !s->slots[i].pins) return 1;
+    return 0;
+}
+
 /* Points the slot at key and queues its three reads. Caller holds the mutex. On failure (no
  * memory for the queue) nothing has changed. */
 static int start_load(ms_store *s, int si, int key) {
@@ -401,6 +408,11 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
             continue;
         }
         si = victim(s, 0);
+        /* slots still reading for no one (a prefetch, or a failed layer let go) free up soon */
+        while (si < 0 && busy_unpinned(s)) {
+            pthread_cond_wait(&s->ready, &s->mu);
+            si = victim(s, 0);
+        }
         if (si < 0) {
             rc = ms_fail(e, MS_ERR_BUDGET, "expert cache too small: all %d slots are in use (raise --mem)", s->n_slots);
             break;

@@ -403,6 +403,25 @@ static void stale_read_error(const char *rel) {
           st ? err.msg : "");
     experts_release(r.m->store, 2, ids, 2);
     if (st == MS_OK) printf("  %-36s pagecache a failed read joined in flight (after a release, or a prefetch) is read again\n", rel);
+    /* every slot still reading for no one (a failed layer let go of them all): a request waits for
+     * a slot to free up instead of failing as if the cache were too small (found by CI: the
+     * recovery after a fault in a prefill wave, under ASan) */
+    int all[8];
+    for (int x = 0; x < 8; x++) all[x] = x;
+    set_fault("read-eio-slow");
+    CHECK(experts_request(r.m->store, 3, all, 8, &err) == MS_OK, "request 8: %s", err.msg);
+    experts_release(r.m->store, 3, all, 8);
+    usleep(20000); /* the reads are under way, each failing after 50 ms */
+    set_fault("");
+    int busy = !experts_ready(r.m->store, 3, 0);
+    st = experts_acquire(r.m->store, 4, ids, 2, refs, &err);
+    CHECK(busy, "%s: the slow reads were over before the request", rel);
+    CHECK(st == MS_OK, "%s: a request while every slot was still loading for no one: status %d '%s'", rel, st,
+          st ? err.msg : "");
+    if (st == MS_OK) {
+        experts_release(r.m->store, 4, ids, 2);
+        printf("  %-36s pagecache a request while every slot is loading for no one waits for a slot\n", rel);
+    }
     close_run(&r);
 }
 
