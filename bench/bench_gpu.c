@@ -74,6 +74,7 @@ int main(int argc, char **argv) {
     const char *model = NULL;
     int gpu = 0, n_prompt = 0, n_gen = 128, reps = 3, warmup = 16, n_ctx = 0, threads = 0, json = 0, device = 0, lookahead = 0;
     uint64_t gpu_mem = 0;
+    float cpu_share = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-m") && v) model = v, i++;
@@ -90,9 +91,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-t") && v) threads = atoi(v), i++;
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--lookahead")) lookahead = 1;
+        else if (!strcmp(a, "--cpu-share") && v) cpu_share = strcmp(v, "auto") ? (float)atof(v) : -1, i++;
         else {
             fprintf(stderr, "usage: bench_gpu -m MODEL [--gpu] [--gpu-mem SIZE] [--gpu-device N] [-p N] [-n N] [-r N] [-w N] [-c N] [-t N] "
-                            "[--lookahead] [--json]\n");
+                            "[--lookahead] [--cpu-share X|auto] [--json]\n");
             return 1;
         }
     }
@@ -115,6 +117,7 @@ int main(int argc, char **argv) {
     cp.gpu_mem = gpu_mem;
     cp.gpu_device = device;
     cp.lookahead = lookahead;
+    cp.gpu_cpu_share = cpu_share;
     ms_context *c;
     if (ms_context_new(m, &cp, &c, &err)) die("context", &err);
     double t_load = now() - t0;

@@ -125,6 +125,9 @@ typedef struct ms_context_params {
     int gpu;           /* 1: the CUDA backend (needs a CUDA build) */
     int gpu_device;    /* CUDA device index */
     uint64_t gpu_mem;  /* VRAM budget in bytes for the GPU backend (0: what is free) */
+    float gpu_cpu_share; /* GPU decode: the share of the experts not in VRAM that the CPU computes
+                          * from host memory instead of copying them; -1 (the default) tunes it
+                          * while decoding, 0 copies every one */
 } ms_context_params;
 
 void ms_context_params_default(ms_context_params *p);

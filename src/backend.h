@@ -29,6 +29,7 @@ typedef struct ms_backend_params {
     int lookahead;      /* prefetch the next layer's predicted experts while this one computes */
     uint64_t gpu_mem;   /* GPU: VRAM budget in bytes (0: what is free) */
     int gpu_device;     /* GPU: device index */
+    float gpu_cpu_share; /* GPU: share of the non-resident experts the CPU computes (-1: tuned) */
 } ms_backend_params;
 
 typedef struct ms_backend {

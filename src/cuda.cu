@@ -58,7 +58,7 @@
  * GPU times from events), MS_CUDA_WIDE_ROWS / MS_CUDA_MV_ITEMS (k_mv's warps-per-row choice),
  * MS_CUDA_LOOKAHEAD=0|1 (router lookahead; default on, see GPU_LOOKAHEAD_DEFAULT), MS_CUDA_MVQ=0 (one
  * token of Q4_K on k_mv, not k_mvq), MS_CUDA_MVQ_R=a,b,c (k_mvq's rows a warp, see mvq_r),
- * MS_CUDA_CPU_SHARE=x|auto (a share of the experts not in VRAM computed on the host; see moe_cpu).
+ * MS_CUDA_CPU_SHARE=x|auto (overrides --cpu-share: the experts not in VRAM computed on the host; see moe_cpu).
  *
  * TODO: decode attention for other head dims is a warp per position stride and slows with depth;
  * k_mvq covers Q4_K only (Q6_K and Q5_K rows of Q4_K_M files still take k_mv). The lookahead
@@ -1755,8 +1755,11 @@ typedef struct cu_ctx {
     uint64_t prefetches, prefetch_used;
     /* host-computed misses (decode while streaming): a share of each layer's misses is computed
      * by the CPU from host memory instead of crossing the link (see moe_cpu) */
-    int cpu_on, cpu_auto;            /* MS_CUDA_CPU_SHARE: unset or 0 off, "auto" adapts, x fixed */
+    int cpu_on, cpu_auto;            /* --cpu-share (MS_CUDA_CPU_SHARE overrides): 0 off, auto tunes, x fixed */
     float cpu_share, cpu_carry;      /* the share of misses the CPU takes; the rounding carried */
+    float tune_dir;                  /* auto: the direction of the last step */
+    double tune_t, tune_last;        /* auto: decode seconds in this window; per token in the last */
+    int tune_n;                      /* auto: tokens in this window */
     ms_pool *cpu_pool;               /* all cores */
     float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input; the CPU's sum */
     float *d_cpu_y;                  /* [n_embd] VRAM: that sum, added to the residual */
@@ -2260,11 +2263,12 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
     return MS_OK;
 }
 
-/* The host's share of the experts not in VRAM (MS_CUDA_CPU_SHARE; see moe_cpu). */
-enum { CPU_SHARE_PCT0 = 30 };                          /* the adaptive share's start, % */
-#define CPU_SHARE_MIN 0.02f                             /* never quite 0: the CPU keeps measuring */
-#define CPU_SHARE_MAX 0.95f
-#define CPU_SHARE_STEP 0.01f                            /* per layer with host-computed experts */
+/* The host's share of the experts not in VRAM (--cpu-share; see moe_cpu): tuned while decoding
+ * by a hill climb on the time per token, one step per window of tokens. */
+#define CPU_SHARE_START 0.5f
+#define CPU_SHARE_STEP 0.05f
+enum { CPU_TUNE_TOKENS = 16 };
+enum { CPU_ITEMS = 4 }; /* pool items a thread in the host's expert jobs (2: 87.8 against 88.5 tok/s at 8G) */
 
 /* How many of n misses the CPU takes now (the share, its rounding carried between layers). */
 static int cpu_take(cu_ctx *c, int n) {
@@ -2364,16 +2368,17 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * tok/s on the H100 machine). The CPU can compute an expert from host memory in about the time
  * the link needs to carry it, so a share of the experts that are not in VRAM is left to the host:
  * the lookahead prefetch skips that share of its predictions (prefetch_next), and moe_host gives
- * the host those, plus the same share of the other misses, computed from the layer's normed input
- * (copied down with the routing) while the copies run; the host's weighted sum is added to the
- * residual after the GPU's experts. MS_CUDA_CPU_SHARE=x fixes the share, "auto" adapts it (after
- * the host's part it grows if the link is still busy, shrinks if not). Host experts use
- * forward.c's kernels (q16 activations), so they agree with the CPU backend, not bit for bit
+ * the host those and the same share of the other misses. The host computes them from the layer's
+ * normed input (copied down with the routing) while the GPU runs the others, and its weighted sum
+ * is added to the residual after them. --cpu-share x fixes the share;
+ * auto (the default) climbs to the fastest one, a step per 16 tokens (tune_share). Host experts
+ * use forward.c's kernels (q16 activations), so they agree with the CPU backend, not bit for bit
  * with the GPU's fp32 products.
  *
- * Off by default: measured on the H100 machine before the prefetch split (misses only: the
- * prefetch carries 80% of the experts, so little was left to split), 8G went 48.6 -> 48.8 tok/s
- * (auto) and 47.3 (share 0.5), 24G 86.2 -> 85.2; the prefetch split is not measured yet. */
+ * Measured on the H100 machine (16 cores), qwen3next-80b Q4_K with fixed shares: --gpu-mem 8G
+ * went from 52.8 tok/s (share 0) to 89.7 (0.6), 24G from 93.4 to 110.3 (0.7); every expert on
+ * the host gave 75.5. Of the 11.2 ms a token at 8G the host's 250 experts took 4.8 (92 GB/s
+ * from memory), the GPU's attention and routing 3.6 waited for. */
 
 typedef struct cpu_job {
     cu_ctx *c;
@@ -2428,13 +2433,14 @@ static int moe_cpu(cu_ctx *c, const ms_layer *ly, int il, ms_err *e) {
     int rc = experts_acquire(c->store, il, c->cpu_ids, n, c->refs, e);
     if (rc) return rc;
     if (quant_has_q16(ly->gate_exps.type) || quant_has_q16(ly->up_exps.type)) quant_q16_quantize(c->h_hin, E, c->cpu_xq);
-    cpu_job j = {c, ly, MS_MAX(1, (2 * nth + n - 1) / n), 0};
+    /* items of a few rows, CPU_ITEMS a thread: the last round of a job leaves cores idle */
+    cpu_job j = {c, ly, MS_MAX(1, (CPU_ITEMS * nth + n - 1) / n), 0};
     j.rows = (ff + j.chunks - 1) / j.chunks;
     pool_run(c->cpu_pool, cpu_up_task, &j, n * j.chunks);
     if (quant_has_q16(ly->down_exps.type))
         for (int k = 0; k < n; k++)
             quant_q16_quantize(c->cpu_g + (size_t)k * ff, ff, c->cpu_actq + (size_t)k * quant_q16_bytes(ff));
-    j.rows = MS_MAX(16, (E + 2 * nth - 1) / (2 * nth));
+    j.rows = MS_MAX(16, (E + CPU_ITEMS * nth - 1) / (CPU_ITEMS * nth));
     pool_run(c->cpu_pool, cpu_down_task, &j, (int)((E + j.rows - 1) / j.rows));
     experts_release(c->store, il, c->cpu_ids, n);
     CK(cudaMemcpyAsync(c->d_cpu_y, c->h_cpu_y, sizeof(float) * (size_t)E, cudaMemcpyHostToDevice, c->cs));
@@ -2568,18 +2574,6 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
             CK(cudaStreamWaitEvent(c->cs, c->ev_copy[j], 0));
             if (run_experts(c, ly, dgu + g, dgd + g, 1, c->exp_count[i], T, d_slot_w))
                 return ms_fail(e, MS_ERR_UNSUPPORTED, "expert kernel launch failed");
-        }
-        if (c->n_cpu) {
-            /* the host's experts while the copies run; then the share follows whichever was late */
-            if ((rc = moe_cpu(c, ly, il, e))) return rc;
-            if (c->cpu_auto) {
-                /* the link is busy with this layer's misses or the prefetch for this one */
-                const int busy = (n_miss && cudaEventQuery(c->ev_copy[n_miss - 1]) == cudaErrorNotReady) ||
-                                 (c->lookahead && cudaEventQuery(c->ev_pf_done) == cudaErrorNotReady);
-                cudaGetLastError(); /* "not ready" is no error */
-                c->cpu_share = MS_MIN(CPU_SHARE_MAX, MS_MAX(CPU_SHARE_MIN, c->cpu_share + (busy ? CPU_SHARE_STEP : -CPU_SHARE_STEP)));
-            }
-            c->n_cpu = 0;
         }
         if (done < n_exp) {
             /* the next wave reuses slots and the host-side group arrays */
@@ -2734,7 +2728,11 @@ static int layer_post(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, in
     CK(cudaEventSynchronize(c->ev_route));
     flush_pending(c); /* the previous layer's copies are done: its kernels ran before the router */
     pf_release(c, &c->pf_old); /* so are those of the prefetch it used (moe_host waited for them) */
+    /* the host computes its experts while the GPU runs the others, then queues the next
+     * layer's prefetch (measured: 89.2 against 85.4 tok/s with the prefetch queued first) */
     int rc = moe_host(c, ly, d, il, T, e);
+    if (!rc && c->n_cpu) rc = moe_cpu(c, ly, il, e);
+    c->n_cpu = 0;
     tev_record(c, il, 3);
     if (!rc && looks_ahead(c, il, T)) rc = prefetch_next(c, il, e);
     return rc;
@@ -2789,6 +2787,20 @@ static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
         return ms_fail(e, MS_ERR_UNSUPPORTED, "lm_head launch failed");
     CK(cudaMemcpyAsync(c->logits_pin, c->dlogits, sizeof(float) * (size_t)n * nv, cudaMemcpyDeviceToHost, c->cs));
     return MS_OK;
+}
+
+/* --cpu-share auto: after each window of decoded tokens, a step of the share; the direction
+ * turns when the window was slower per token than the one before. */
+static void tune_share(cu_ctx *c, double dt) {
+    c->tune_t += dt;
+    if (++c->tune_n < CPU_TUNE_TOKENS) return;
+    const double t = c->tune_t / c->tune_n;
+    if (c->tune_last > 0 && t > c->tune_last) c->tune_dir = -c->tune_dir;
+    c->tune_last = t;
+    c->cpu_share += c->tune_dir * CPU_SHARE_STEP;
+    if (c->cpu_share <= 0.0f || c->cpu_share >= 1.0f) c->cpu_share = MS_MAX(0.0f, MS_MIN(1.0f, c->cpu_share)), c->tune_dir = -c->tune_dir;
+    c->tune_t = 0;
+    c->tune_n = 0;
 }
 
 static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, ms_err *e) {
@@ -2858,6 +2870,7 @@ static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, m
     }
     c->timing.other += wall > gpu ? wall - gpu : 0;
     c->timing.tokens += (uint64_t)T;
+    if (c->cpu_auto && T == 1) tune_share(c, wall);
     return MS_OK;
 }
 
@@ -3350,10 +3363,13 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         c->pool = pool_new(MS_MAX(1, MS_MIN(8, nth)));
         if (!c->pool) FAIL_NOMEM("copy threads");
         const int E = hp->n_embd;
-        /* host-computed misses (off by default, see moe_cpu): MS_CUDA_CPU_SHARE=auto adapts, x in (0, 1] fixes the share */
+        /* host-computed experts (see moe_cpu): --cpu-share x fixes the share, auto (-1) tunes it;
+         * MS_CUDA_CPU_SHARE=x|auto overrides */
         const char *cs = getenv("MS_CUDA_CPU_SHARE");
-        c->cpu_auto = cs && !strcmp(cs, "auto");
-        c->cpu_share = c->cpu_auto ? CPU_SHARE_PCT0 / 100.0f : cs ? (float)atof(cs) : 0.0f;
+        const float share = cs && *cs ? (strcmp(cs, "auto") ? (float)atof(cs) : -1.0f) : p->gpu_cpu_share;
+        c->cpu_auto = share < 0.0f;
+        c->cpu_share = c->cpu_auto ? CPU_SHARE_START : MS_MIN(1.0f, share);
+        c->tune_dir = 1.0f;
         c->cpu_on = c->cpu_share > 0.0f;
         if (c->cpu_on) {
             int64_t ff = 0;

@@ -68,6 +68,7 @@ void front_opts_default(front_opts *o) {
     memset(o, 0, sizeof *o);
     o->n_batch = 512;
     o->lookahead = -1; /* the library's default: on where experts are read */
+    o->cpu_share = -1; /* tuned while decoding */
     ms_sampler_params_default(&o->sp);
 }
 
@@ -123,6 +124,11 @@ int front_parse_common(int argc, char **argv, int *i, front_opts *o) {
     else if (!strcmp(a, "--gpu")) o->gpu = 1;
     else if (!strcmp(a, "--gpu-device")) o->gpu_device = (int)front_int(a, front_arg(argc, argv, i), 0, 64);
     else if (!strcmp(a, "--gpu-mem")) o->gpu_mem = front_size(a, front_arg(argc, argv, i)), o->gpu = 1;
+    else if (!strcmp(a, "--cpu-share")) {
+        const char *v = front_arg(argc, argv, i);
+        o->cpu_share = !strcmp(v, "auto") ? -1 : front_float(a, v);
+        if (o->cpu_share != -1 && !(o->cpu_share >= 0 && o->cpu_share <= 1)) front_die("--cpu-share: '%s' is not auto or a share from 0 to 1", v);
+    }
     else return 0;
     return 1;
 }
@@ -160,6 +166,7 @@ ms_context *front_new_context(ms_model *m, const front_opts *o) {
     cp.gpu = o->gpu;
     cp.gpu_device = o->gpu_device;
     cp.gpu_mem = o->gpu_mem;
+    cp.gpu_cpu_share = o->cpu_share;
     ms_context *c;
     ms_error err;
     if (ms_context_new(m, &cp, &c, &err)) front_die("%s", err.msg);

@@ -48,13 +48,14 @@ typedef struct front_opts {
     int io_threads, lookahead;
     int gpu, gpu_device;
     uint64_t gpu_mem;
+    float cpu_share;             /* --cpu-share: -1 auto */
     int track_residency;         /* mmap mode: count page-cache hits (run --stats) */
 } front_opts;
 
 void front_opts_default(front_opts *o);
 /* If argv[*i] is a common option (-m, -c, -b, -t, --temp, --top-k, --top-p, --min-p,
  * --repeat-penalty, --repeat-last-n, --seed, --experts-per-token, --chat-template, --io, --mem,
- * --evict, --io-threads, --lookahead, --gpu, --gpu-mem, --gpu-device), consumes it and its value
+ * --evict, --io-threads, --lookahead, --gpu, --gpu-mem, --gpu-device, --cpu-share), consumes it and its value
  * (advancing *i) and returns 1; else returns 0. Dies on a bad value. */
 int front_parse_common(int argc, char **argv, int *i, front_opts *o);
 /* Value of the option at argv[*i] (advancing *i), or dies naming the option. */

@@ -55,6 +55,9 @@ static void usage(FILE *out) {
           "                            streamed into a VRAM expert cache\n"
           "  --gpu-mem SIZE            VRAM budget, e.g. 8G (default: what is free); implies --gpu\n"
           "  --gpu-device N            CUDA device index (default 0)\n"
+          "  --cpu-share X|auto        GPU decode: the share of the experts not in VRAM that the CPU computes\n"
+          "                            from host memory instead of copying them over (default auto: tuned\n"
+          "                            while decoding; 0 copies every one)\n"
           "  --no-special              tokenize: treat <|...|> control tokens as plain text\n"
           "  --ids FILE, -o FILE       logits: input token ids and output file\n",
           out);

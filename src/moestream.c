@@ -211,6 +211,7 @@ void ms_context_params_default(ms_context_params *p) {
     p->n_ctx = 4096;
     p->n_batch = 512;
     p->lookahead = -1;
+    p->gpu_cpu_share = -1;
 }
 
 ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **out, ms_error *err) {
@@ -225,6 +226,9 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
     bp.lookahead = p->lookahead >= 0 ? p->lookahead : !p->gpu && experts_io_mode(m->store) != MS_IO_MMAP;
     bp.gpu_mem = p->gpu_mem;
     bp.gpu_device = p->gpu_device;
+    bp.gpu_cpu_share = p->gpu_cpu_share;
+    if (p->gpu_cpu_share != -1 && !(p->gpu_cpu_share >= 0 && p->gpu_cpu_share <= 1))
+        return ms_fail(err, MS_ERR_ARG, "gpu_cpu_share %g: expected a share from 0 to 1, or -1 to tune it", (double)p->gpu_cpu_share);
     const ms_backend *be = &ms_backend_cpu;
     if (p->gpu) {
         be = ms_backend_cuda();

@@ -52,6 +52,8 @@ expect_fail "unknown option" "unknown option '--bogus'" "$bin" run -m "$tiny" --
 expect_fail "missing value" "needs a value" "$bin" run -m
 expect_fail "bad number" "expects an integer" "$bin" run -m "$tiny" -n many -p hi
 expect_fail "no model" "no model given" "$bin" run -p hi
+expect_fail "share above 1" "not auto or a share from 0 to 1" "$bin" run -m "$tiny" --cpu-share 1.5 -p hi
+expect_fail "share not a number" "expects a number" "$bin" run -m "$tiny" --cpu-share most -p hi
 expect_fail "missing file" "nonexistent.gguf: cannot open" "$bin" run -m "$tmp/nonexistent.gguf" -p hi
 expect_fail "directory" "not a regular file" "$bin" info -m "$tmp"
 expect_fail "empty file" "not a GGUF file" "$bin" info -m "$tmp/empty.gguf"

@@ -35,6 +35,16 @@ static void check_arch(const char *arch, const char *dtype) {
     ms_context_params cp;
     ms_context_params_default(&cp);
     cp.n_ctx = 256;
+    /* a host share outside [0, 1] (and not -1, auto) is refused with a message naming it */
+    const float bad_share[] = {1.5f, -0.5f, NAN};
+    for (int i = 0; i < 3; i++) {
+        cp.gpu_cpu_share = bad_share[i];
+        st = ms_context_new(m, &cp, &c, &err);
+        CHECK(st == MS_ERR_ARG && strstr(err.msg, "gpu_cpu_share"), "gpu_cpu_share %g: status %d (%s), expected MS_ERR_ARG",
+              (double)bad_share[i], st, st ? err.msg : "accepted");
+        if (st == MS_OK) ms_context_free(c);
+    }
+    cp.gpu_cpu_share = -1;
     st = ms_context_new(m, &cp, &c, &err);
     CHECK(st == MS_OK, "context: %s", err.msg);
     int32_t *ids = malloc(sizeof(int32_t) * (n_prompt + n_greedy));
