@@ -1685,6 +1685,14 @@ typedef struct pending {
     int *ids;
 } pending;
 
+/* The host's experts of a layer as a pool job (moe_cpu_start). */
+typedef struct cpu_job {
+    struct cu_ctx *c;
+    const ms_layer *ly;
+    int chunks;   /* gate|up: row chunks per expert */
+    int64_t rows; /* rows per chunk (down: of the output) */
+} cpu_job;
+
 typedef struct cu_ctx {
     const struct ms_model *m;
     ms_store *store;
@@ -1764,6 +1772,10 @@ typedef struct cu_ctx {
     float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input; the CPU's sum */
     float *d_cpu_y;                  /* [n_embd] VRAM: that sum, added to the residual */
     int *cpu_ids, *cpu_mark;         /* [n_expert]: this layer's host-computed experts; marks by index */
+    ms_expert_ref *cpu_refs;         /* [K]: their bytes (apart from refs: the copies use those meanwhile) */
+    int cpu_busy;                    /* the host's experts of this layer are started (moe_cpu_start) */
+    cpu_job cpu_job;                 /* their job */
+    int *look_ids, pf_want;          /* [K] the lookahead's ids, kept for prefetch_next; the layer it runs after */
     uint32_t *cpu_left, cpu_gen;     /* [n_expert]: the prefetch left it to the host at moe_host call cpu_gen */
     float *cpu_w, *cpu_g, *cpu_u, *cpu_y; /* their weights [K]; gate, up [K][n_ff]; outputs [K][n_embd] */
     uint8_t *cpu_xq, *cpu_actq;      /* q16 rows of the input and of each SwiGLU [K] */
@@ -2313,7 +2325,6 @@ static void pf_drop(cu_ctx *c) {
 static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
     const ms_hparams *hp = &c->m->hp;
     const int NE = hp->n_expert, K = hp->n_expert_used, nx = il + 1;
-    CK(cudaEventSynchronize(c->ev_look));
     /* three layers' experts may be pinned in the store at once (this layer's misses, the last
      * prefetch, this one): skip when its cache is too small for that */
     if (c->pf_il >= 0 || c->pf_cur.n || experts_capacity(c->store) < 4 * K) return MS_OK;
@@ -2321,10 +2332,10 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
     uint8_t **dst = c->miss_dst;
     int n = 0;
     for (int k = 0; k < K; k++) {
-        const int key = nx * NE + c->h_look[k];
+        const int key = nx * NE + c->look_ids[k];
         int s = c->map_slot[key];
         if (s < 0 && c->cpu_on && cpu_take(c, 1)) {
-            c->cpu_left[c->h_look[k]] = c->cpu_gen + 1; /* the host computes it at the next layer */
+            c->cpu_left[c->look_ids[k]] = c->cpu_gen + 1; /* the host computes it at the next layer */
             continue;
         }
         if (s < 0) {
@@ -2335,7 +2346,7 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
             c->map_slot[key] = s;
             c->slot_pf[s] = n;
             c->pf_slots[n] = s;
-            ids[n] = c->h_look[k];
+            ids[n] = c->look_ids[k];
             dst[n] = slot_ptr(c, s);
             n++;
         }
@@ -2369,8 +2380,10 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * the link needs to carry it, so a share of the experts that are not in VRAM is left to the host:
  * the lookahead prefetch skips that share of its predictions (prefetch_next), and moe_host gives
  * the host those and the same share of the other misses. The host computes them from the layer's
- * normed input (copied down with the routing) while the GPU runs the others, and its weighted sum
- * is added to the residual after them. --cpu-share x fixes the share;
+ * normed input (copied down with the routing): the worker threads start on them before this
+ * thread queues the GPU's experts (moe_cpu_start), and their weighted sum is added to the residual
+ * after the GPU's (moe_cpu_finish). The next layer's prefetch is queued after that layer's first
+ * part, so the GPU does not wait for the host to queue copies. --cpu-share x fixes the share;
  * auto (the default) climbs to the fastest one, a step per 16 tokens (tune_share). Host experts
  * use forward.c's kernels (q16 activations), so they agree with the CPU backend, not bit for bit
  * with the GPU's fp32 products.
@@ -2378,14 +2391,10 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * Measured on the H100 machine (16 cores), qwen3next-80b Q4_K with fixed shares: --gpu-mem 8G
  * went from 52.8 tok/s (share 0) to 89.7 (0.6), 24G from 93.4 to 110.3 (0.7); every expert on
  * the host gave 75.5. Of the 11.2 ms a token at 8G the host's 250 experts took 4.8 (92 GB/s
- * from memory), the GPU's attention and routing 3.6 waited for. */
+ * from memory), the GPU's attention and routing 3.6 waited for. On the H200 machine, starting
+ * the host's experts before the GPU's launches and queuing the prefetch late took 8G at 0.6 from
+ * 80.6 to 84.0 tok/s (two runs each) and 24G at 0.7 from 101.3 to 114.3. */
 
-typedef struct cpu_job {
-    cu_ctx *c;
-    const ms_layer *ly;
-    int chunks;   /* gate|up: row chunks per expert */
-    int64_t rows; /* rows per chunk */
-} cpu_job;
 
 /* Rows [r0, r1) of one expert matrix times x (q16 row xq where the type has kernels). */
 static void host_rows(const ms_mat3 *w, const uint8_t *base, const float *x, const uint8_t *xq, float *y, int64_t r0,
@@ -2403,8 +2412,8 @@ static void cpu_up_task(void *ctx, int i, int thread) {
     const int64_t ff = ly->gate_exps.n_out, r0 = (i % j->chunks) * j->rows, r1 = MS_MIN(ff, r0 + j->rows);
     const uint8_t *xq = quant_has_q16(ly->gate_exps.type) ? c->cpu_xq : NULL;
     float *g = c->cpu_g + (size_t)k * ff, *u = c->cpu_u + (size_t)k * ff;
-    host_rows(&ly->gate_exps, c->refs[k].gate, c->h_hin, xq, g, r0, r1);
-    host_rows(&ly->up_exps, c->refs[k].up, c->h_hin, quant_has_q16(ly->up_exps.type) ? c->cpu_xq : NULL, u, r0, r1);
+    host_rows(&ly->gate_exps, c->cpu_refs[k].gate, c->h_hin, xq, g, r0, r1);
+    host_rows(&ly->up_exps, c->cpu_refs[k].up, c->h_hin, quant_has_q16(ly->up_exps.type) ? c->cpu_xq : NULL, u, r0, r1);
     for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
 }
 
@@ -2416,7 +2425,7 @@ static void cpu_down_task(void *ctx, int i, int thread) {
     const int64_t E = w->n_out, ff = w->n_in, r0 = i * j->rows, r1 = MS_MIN(E, r0 + j->rows);
     const size_t qb = quant_q16_bytes(ff);
     for (int k = 0; k < c->n_cpu; k++)
-        host_rows(w, c->refs[k].down, c->cpu_g + (size_t)k * ff, quant_has_q16(w->type) ? c->cpu_actq + k * qb : NULL,
+        host_rows(w, c->cpu_refs[k].down, c->cpu_g + (size_t)k * ff, quant_has_q16(w->type) ? c->cpu_actq + k * qb : NULL,
                   c->cpu_y + (size_t)k * E, r0, r1);
     for (int64_t r = r0; r < r1; r++) {
         float acc = 0.0f;
@@ -2425,24 +2434,41 @@ static void cpu_down_task(void *ctx, int i, int thread) {
     }
 }
 
-/* Computes experts cpu_ids[0..n_cpu) of layer il (weights cpu_w) on the host from h_hin into
- * h_cpu_y, then queues its upload and add to the residual on the compute stream. */
-static int moe_cpu(cu_ctx *c, const ms_layer *ly, int il, ms_err *e) {
+/* Starts the host's experts cpu_ids[0..n_cpu) of layer il (weights cpu_w): their gate|up
+ * products from h_hin go to the worker threads while this thread queues the GPU's experts. */
+static int moe_cpu_start(cu_ctx *c, const ms_layer *ly, int il, ms_err *e) {
     const int E = c->m->hp.n_embd, n = c->n_cpu, nth = pool_size(c->cpu_pool);
     const int64_t ff = ly->gate_exps.n_out;
-    int rc = experts_acquire(c->store, il, c->cpu_ids, n, c->refs, e);
+    int rc = experts_acquire(c->store, il, c->cpu_ids, n, c->cpu_refs, e);
     if (rc) return rc;
     if (quant_has_q16(ly->gate_exps.type) || quant_has_q16(ly->up_exps.type)) quant_q16_quantize(c->h_hin, E, c->cpu_xq);
     /* items of a few rows, CPU_ITEMS a thread: the last round of a job leaves cores idle */
-    cpu_job j = {c, ly, MS_MAX(1, (CPU_ITEMS * nth + n - 1) / n), 0};
-    j.rows = (ff + j.chunks - 1) / j.chunks;
-    pool_run(c->cpu_pool, cpu_up_task, &j, n * j.chunks);
-    if (quant_has_q16(ly->down_exps.type))
-        for (int k = 0; k < n; k++)
-            quant_q16_quantize(c->cpu_g + (size_t)k * ff, ff, c->cpu_actq + (size_t)k * quant_q16_bytes(ff));
-    j.rows = MS_MAX(16, (E + CPU_ITEMS * nth - 1) / (CPU_ITEMS * nth));
-    pool_run(c->cpu_pool, cpu_down_task, &j, (int)((E + j.rows - 1) / j.rows));
+    c->cpu_job = (cpu_job){c, ly, MS_MAX(1, (CPU_ITEMS * nth + n - 1) / n), 0};
+    c->cpu_job.rows = (ff + c->cpu_job.chunks - 1) / c->cpu_job.chunks;
+    pool_start(c->cpu_pool, cpu_up_task, &c->cpu_job, n * c->cpu_job.chunks);
+    c->cpu_busy = 1;
+    return MS_OK;
+}
+
+/* Ends what moe_cpu_start began: the down products and weighted sum into h_cpu_y, then its
+ * upload and add to the residual on the compute stream (after the GPU's experts). With fail
+ * set it only waits and lets the experts go. */
+static int moe_cpu_finish(cu_ctx *c, int il, int fail, ms_err *e) {
+    if (!c->cpu_busy) return MS_OK;
+    const ms_layer *ly = c->cpu_job.ly;
+    const int E = c->m->hp.n_embd, n = c->n_cpu, nth = pool_size(c->cpu_pool);
+    const int64_t ff = ly->gate_exps.n_out;
+    pool_wait(c->cpu_pool);
+    c->cpu_busy = 0;
+    if (!fail) {
+        if (quant_has_q16(ly->down_exps.type))
+            for (int k = 0; k < n; k++)
+                quant_q16_quantize(c->cpu_g + (size_t)k * ff, ff, c->cpu_actq + (size_t)k * quant_q16_bytes(ff));
+        c->cpu_job.rows = MS_MAX(16, (E + CPU_ITEMS * nth - 1) / (CPU_ITEMS * nth));
+        pool_run(c->cpu_pool, cpu_down_task, &c->cpu_job, (int)((E + c->cpu_job.rows - 1) / c->cpu_job.rows));
+    }
     experts_release(c->store, il, c->cpu_ids, n);
+    if (fail) return MS_OK;
     CK(cudaMemcpyAsync(c->d_cpu_y, c->h_cpu_y, sizeof(float) * (size_t)E, cudaMemcpyHostToDevice, c->cs));
     k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, c->d_cpu_y, E);
     return MS_OK;
@@ -2484,6 +2510,7 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
          * asked for: they would be evicted first) */
         int n_m = 0, *cand = c->fill, left = 0;
         c->cpu_gen++;
+        memset(c->cpu_mark, 0, sizeof(int) * (size_t)n_exp);
         for (int i = 0; i < n_exp; i++) {
             if (c->map_slot[il * NE + c->exp_ids[i]] >= 0) continue;
             if (c->cpu_left[c->exp_ids[i]] == c->cpu_gen) cand[n_m++] = cand[left], cand[left++] = i;
@@ -2498,6 +2525,11 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
             c->cpu_mark[i] = 1;
             c->cpu_ids[c->n_cpu] = c->exp_ids[i];
             c->cpu_w[c->n_cpu] = h_slot_w[c->exp_first[i]];
+        }
+        /* the workers start on them while this thread queues the GPU's experts */
+        if (c->n_cpu) {
+            int rc = moe_cpu_start(c, ly, il, e);
+            if (rc) return rc;
         }
     }
     int done = 0;
@@ -2728,13 +2760,18 @@ static int layer_post(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, in
     CK(cudaEventSynchronize(c->ev_route));
     flush_pending(c); /* the previous layer's copies are done: its kernels ran before the router */
     pf_release(c, &c->pf_old); /* so are those of the prefetch it used (moe_host waited for them) */
-    /* the host computes its experts while the GPU runs the others, then queues the next
-     * layer's prefetch (measured: 89.2 against 85.4 tok/s with the prefetch queued first) */
+    /* the host finishes its experts while the GPU runs the others; the next layer's prefetch
+     * is queued once that layer's first part is (enqueue_batch): the GPU need not wait for it */
     int rc = moe_host(c, ly, d, il, T, e);
-    if (!rc && c->n_cpu) rc = moe_cpu(c, ly, il, e);
+    const int rc2 = moe_cpu_finish(c, il, rc != 0, e);
+    if (!rc) rc = rc2;
     c->n_cpu = 0;
     tev_record(c, il, 3);
-    if (!rc && looks_ahead(c, il, T)) rc = prefetch_next(c, il, e);
+    if (!rc && looks_ahead(c, il, T)) {
+        CK(cudaEventSynchronize(c->ev_look));
+        memcpy(c->look_ids, c->h_look, sizeof(int) * (size_t)K); /* the next layer's part refills h_look */
+        c->pf_want = il + 1;
+    }
     return rc;
 }
 
@@ -2751,6 +2788,7 @@ static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
     CK(cudaMemcpyAsync(c->tok, c->h_tok, sizeof(int) * (size_t)T, cudaMemcpyHostToDevice, c->cs));
     CK(cudaMemcpyAsync(c->d_pos, c->h_pos, sizeof(int), cudaMemcpyHostToDevice, c->cs));
     launch_rows(c->tok_embd.type, c->tok_embd.d, c->tok_embd.row_bytes, c->tok, c->x, E, T, c->cs);
+    c->pf_want = -1;
     /* decode with host routing: each layer's first part is one captured graph, replayed */
     const int layer_graphs = c->use_graph && T == 1 && !c->resident && !c->timing_on;
     for (int il = 0; il < hp->n_layer; il++) {
@@ -2778,6 +2816,10 @@ static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
         }
         if (layer_graphs) CK(cudaGraphLaunch(c->lgraph[il], c->cs));
         else if ((rc = layer_pre(c, d, il, T, e))) return rc;
+        if (c->pf_want == il) {
+            c->pf_want = -1;
+            if ((rc = prefetch_next(c, il - 1, e))) return rc;
+        }
         if ((rc = layer_post(c, ly, d, il, T, e))) return rc;
     }
     CK(cudaGetLastError());
@@ -3046,6 +3088,8 @@ static void cu_destroy(void *ctx) {
     ms_free_aligned(c->cpu_xq);
     ms_free_aligned(c->cpu_actq);
     cudaFreeHost(c->h_look);
+    ms_free(c->look_ids);
+    ms_free(c->cpu_refs);
     cudaFreeHost(c->h_x_idx);
     cudaFreeHost(c->h_grp_up);
     cudaFreeHost(c->logits_pin);
@@ -3380,6 +3424,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
             CKC(cudaMallocHost((void **)&c->h_cpu_y, sizeof(float) * (size_t)E));
             CKC(cudaMalloc((void **)&c->d_cpu_y, sizeof(float) * (size_t)E));
             c->cpu_ids = (int *)ms_calloc((size_t)NE, sizeof(int));
+            c->cpu_refs = (ms_expert_ref *)ms_calloc((size_t)K, sizeof(ms_expert_ref));
             c->cpu_mark = (int *)ms_calloc((size_t)NE, sizeof(int));
             c->cpu_left = (uint32_t *)ms_calloc((size_t)NE, sizeof(uint32_t));
             c->cpu_w = (float *)ms_calloc((size_t)K, sizeof(float));
@@ -3388,7 +3433,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
             c->cpu_y = (float *)ms_malloc_aligned(sizeof(float) * (size_t)K * E);
             c->cpu_xq = (uint8_t *)ms_malloc_aligned(qx);
             c->cpu_actq = (uint8_t *)ms_malloc_aligned((size_t)K * qa);
-            if (!c->cpu_pool || !c->cpu_ids || !c->cpu_mark || !c->cpu_left || !c->cpu_w || !c->cpu_g || !c->cpu_u || !c->cpu_y || !c->cpu_xq ||
+            if (!c->cpu_pool || !c->cpu_ids || !c->cpu_refs || !c->cpu_mark || !c->cpu_left || !c->cpu_w || !c->cpu_g || !c->cpu_u || !c->cpu_y || !c->cpu_xq ||
                 !c->cpu_actq)
                 FAIL_NOMEM("host expert buffers");
             c->host_bytes += sizeof(int) * 3 * (size_t)NE + sizeof(float) * ((size_t)K * (2 * ff + E + 1) + 2 * (size_t)E) + qx +
@@ -3407,10 +3452,11 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         c->pf_old.ids = (int *)ms_calloc((size_t)NE, sizeof(int));
         c->pf_slots = (int *)ms_calloc((size_t)NE, sizeof(int));
         c->slot_pf = (int *)ms_malloc(sizeof(int) * n_slots);
-        if (!c->ev_pf || !c->pf_cur.ids || !c->pf_old.ids || !c->pf_slots || !c->slot_pf) FAIL_NOMEM("lookahead buffers");
+        c->look_ids = (int *)ms_calloc((size_t)K, sizeof(int));
+        if (!c->ev_pf || !c->pf_cur.ids || !c->pf_old.ids || !c->pf_slots || !c->slot_pf || !c->look_ids) FAIL_NOMEM("lookahead buffers");
         for (size_t i = 0; i < n_slots; i++) c->slot_pf[i] = -1;
         for (int i = 0; i < NE; i++) CKC(cudaEventCreateWithFlags(&c->ev_pf[i], cudaEventDisableTiming));
-        c->host_bytes += sizeof(int) * ((size_t)K + 3 * (size_t)NE + n_slots);
+        c->host_bytes += sizeof(int) * (2 * (size_t)K + 3 * (size_t)NE + n_slots);
     }
     CKC(cudaDeviceSynchronize());
     return c;

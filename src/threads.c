@@ -30,6 +30,7 @@ struct ms_pool {
     atomic_int done;            /* items finished in the current job */
     atomic_int quit;
     uint64_t gen;               /* caller side: the current generation */
+    int n_job;                  /* caller side: items of the job pool_wait has still to see done */
     ms_task_fn fn;
     void *ctx;
 };
@@ -134,12 +135,14 @@ void pool_free(ms_pool *p) {
 int pool_size(const ms_pool *p) { return p ? p->n : 1; }
 
 void pool_run(ms_pool *p, ms_task_fn fn, void *ctx, int n) {
+    pool_start(p, fn, ctx, n);
+    pool_wait(p);
+}
+
+void pool_start(ms_pool *p, ms_task_fn fn, void *ctx, int n) {
     if (n <= 0) return;
-    if (!p || p->n == 1 || n == 1) {
-        for (int i = 0; i < n; i++) fn(ctx, i, 0);
-        return;
-    }
-    if ((uint64_t)n > FIELD) { /* more items than a claim word counts: callers never ask for that */
+    /* one item, no workers, or more items than a claim word counts (callers never ask for that) */
+    if (!p || p->n == 1 || n == 1 || (uint64_t)n > FIELD) {
         for (int i = 0; i < n; i++) fn(ctx, i, 0);
         return;
     }
@@ -154,12 +157,18 @@ void pool_run(ms_pool *p, ms_task_fn fn, void *ctx, int n) {
     pthread_mutex_lock(&p->mu);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
+    p->n_job = n;
+}
+
+void pool_wait(ms_pool *p) {
+    if (!p || !p->n_job) return;
     run_items(p, p->gen, 0);
     /* every item is claimed; wait for those still running elsewhere */
-    for (unsigned spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n; spins++) {
+    for (unsigned spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < p->n_job; spins++) {
         cpu_relax();
         if ((spins & 1023) == 1023) sched_yield(); /* the claimant may be waiting for this core */
     }
+    p->n_job = 0;
 }
 
 int ms_cpu_count(void) {

@@ -15,6 +15,12 @@ int pool_size(const ms_pool *p);
 /* Runs fn over [0, n) across the pool and returns when all are done. Items are handed out
  * dynamically in order, so put expensive work first. p may be NULL (runs inline). */
 void pool_run(ms_pool *p, ms_task_fn fn, void *ctx, int n);
+/* pool_run in two halves: pool_start hands the items to the workers and returns, so the caller
+ * can do other work meanwhile; pool_wait takes the caller's part of what is left and returns
+ * when all are done. Without workers to hand them to, pool_start runs them itself. Nothing else
+ * may run on p in between. */
+void pool_start(ms_pool *p, ms_task_fn fn, void *ctx, int n);
+void pool_wait(ms_pool *p);
 
 /* Number of online CPUs. */
 int ms_cpu_count(void);
