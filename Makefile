@@ -145,7 +145,7 @@ san-test: $(BUILD)/moestream $(TEST_BIN)
 # TSan over what runs threads: the expert store's I/O threads and the worker pool (every forward
 # pass of test_experts and test_faults), faults while reads are in flight, and the server with
 # concurrent clients (tests/run.sh runs only server.sh of the scripts under TSan).
-TSAN_TESTS := test_experts test_faults
+TSAN_TESTS := test_experts test_faults test_threads
 tsan-test: $(BUILD)/moestream $(TSAN_TESTS:%=$(BUILD)/%)
 	MS_SANITIZED=thread ./tests/run.sh $(BUILD) $(FIXTURES)
 
