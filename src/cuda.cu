@@ -58,7 +58,7 @@
  * GPU times from events), MS_CUDA_WIDE_ROWS / MS_CUDA_MV_ITEMS (k_mv's warps-per-row choice),
  * MS_CUDA_LOOKAHEAD=0|1 (router lookahead; default on, see GPU_LOOKAHEAD_DEFAULT), MS_CUDA_MVQ=0 (one
  * token of Q4_K on k_mv, not k_mvq), MS_CUDA_MVQ_R=a,b,c (k_mvq's rows a warp, see mvq_r),
- * MS_CUDA_CPU_SHARE=x|auto (overrides --cpu-share: the experts not in VRAM computed on the host; see moe_cpu).
+ * MS_CUDA_CPU_SHARE=x|auto (overrides --cpu-share: the experts not in VRAM computed on the host; see moe_cpu_start).
  *
  * TODO: decode attention for other head dims is a warp per position stride and slows with depth;
  * k_mvq covers Q4_K only (Q6_K and Q5_K rows of Q4_K_M files still take k_mv). The lookahead
@@ -1762,7 +1762,7 @@ typedef struct cu_ctx {
     pending pf_cur, pf_old;          /* store pins of the outstanding prefetch; of the one consumed last */
     uint64_t prefetches, prefetch_used;
     /* host-computed misses (decode while streaming): a share of each layer's misses is computed
-     * by the CPU from host memory instead of crossing the link (see moe_cpu) */
+     * by the CPU from host memory instead of crossing the link (see moe_cpu_start) */
     int cpu_on, cpu_auto;            /* --cpu-share (MS_CUDA_CPU_SHARE overrides): 0 off, auto tunes, x fixed */
     float cpu_share, cpu_carry;      /* the share of misses the CPU takes; the rounding carried */
     float tune_dir;                  /* auto: the direction of the last step */
@@ -2275,7 +2275,7 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
     return MS_OK;
 }
 
-/* The host's share of the experts not in VRAM (--cpu-share; see moe_cpu): tuned while decoding
+/* The host's share of the experts not in VRAM (--cpu-share; see moe_cpu_start): tuned while decoding
  * by a hill climb on the time per token, one step per window of tokens. */
 #define CPU_SHARE_START 0.5f
 #define CPU_SHARE_STEP 0.05f
@@ -2370,8 +2370,6 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * (router weight of each slot), one copy per layer. The groups go to c->grp_up: a wave's up
  * groups at [0, n), its down groups at [n, 2n). */
 
-/* The experts of one layer with host routing: group the batch's slots by expert (ascending
- * ids, as forward.c), then waves of experts that fit in the cache at once. */
 /* ---------------------------------------------------------------- host-computed misses */
 
 /* With a VRAM cache much smaller than the experts, decode is bound by the link: nearly every
@@ -2475,6 +2473,8 @@ static int moe_cpu_finish(cu_ctx *c, int il, int fail, ms_err *e) {
 }
 
 
+/* The experts of one layer with host routing: group the batch's slots by expert (ascending
+ * ids, as forward.c), then waves of experts that fit in the cache at once. */
 static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int T, ms_err *e) {
     const ms_hparams *hp = &c->m->hp;
     const int NE = hp->n_expert, K = hp->n_expert_used, TK = T * K;
@@ -2505,12 +2505,13 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
     if (c->pend.n && c->pend.il != il) flush_pending(c);
     const int pf = c->pf_il == il; /* the prefetch made while the previous layer computed is for this one */
     c->n_cpu = 0;
+    /* cleared for every batch: a failed one may have left marks of experts it never reached */
+    if (c->cpu_on) memset(c->cpu_mark, 0, sizeof(int) * (size_t)n_exp);
     if (T == 1 && c->cpu_on) {
         /* the misses the prefetch left to the host, then a share of the others (those least often
          * asked for: they would be evicted first) */
         int n_m = 0, *cand = c->fill, left = 0;
         c->cpu_gen++;
-        memset(c->cpu_mark, 0, sizeof(int) * (size_t)n_exp);
         for (int i = 0; i < n_exp; i++) {
             if (c->map_slot[il * NE + c->exp_ids[i]] >= 0) continue;
             if (c->cpu_left[c->exp_ids[i]] == c->cpu_gen) cand[n_m++] = cand[left], cand[left++] = i;
@@ -2541,8 +2542,7 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
          * prefetched experts (their copies were queued first), then the misses */
         for (; done < n_exp; done++) {
             const int key = il * NE + c->exp_ids[done];
-            if (c->cpu_on && c->cpu_mark[done]) { /* computed on the host (moe_cpu, in the first wave) */
-                c->cpu_mark[done] = 0;
+            if (c->cpu_on && c->cpu_mark[done]) { /* computed on the host (moe_cpu_start) */
                 c->timing.cache_requests++;
                 c->timing.cache_cpu++;
                 cache_request(c, key);
@@ -3407,7 +3407,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         c->pool = pool_new(MS_MAX(1, MS_MIN(8, nth)));
         if (!c->pool) FAIL_NOMEM("copy threads");
         const int E = hp->n_embd;
-        /* host-computed experts (see moe_cpu): --cpu-share x fixes the share, auto (-1) tunes it;
+        /* host-computed experts (see moe_cpu_start): --cpu-share x fixes the share, auto (-1) tunes it;
          * MS_CUDA_CPU_SHARE=x|auto overrides */
         const char *cs = getenv("MS_CUDA_CPU_SHARE");
         const float share = cs && *cs ? (strcmp(cs, "auto") ? (float)atof(cs) : -1.0f) : p->gpu_cpu_share;
@@ -3436,8 +3436,8 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
             if (!c->cpu_pool || !c->cpu_ids || !c->cpu_refs || !c->cpu_mark || !c->cpu_left || !c->cpu_w || !c->cpu_g || !c->cpu_u || !c->cpu_y || !c->cpu_xq ||
                 !c->cpu_actq)
                 FAIL_NOMEM("host expert buffers");
-            c->host_bytes += sizeof(int) * 3 * (size_t)NE + sizeof(float) * ((size_t)K * (2 * ff + E + 1) + 2 * (size_t)E) + qx +
-                             (size_t)K * qa;
+            c->host_bytes += sizeof(int) * 3 * (size_t)NE + sizeof(ms_expert_ref) * (size_t)K +
+                             sizeof(float) * ((size_t)K * (2 * ff + E + 1) + 2 * (size_t)E) + qx + (size_t)K * qa;
         }
         /* router lookahead: --lookahead (ms_backend_params.lookahead) or the default; MS_CUDA_LOOKAHEAD=0|1 overrides */
         const char *la = getenv("MS_CUDA_LOOKAHEAD");
