@@ -1775,7 +1775,6 @@ typedef struct cu_ctx {
     ms_expert_ref *cpu_refs;         /* [K]: their bytes (apart from refs: the copies use those meanwhile) */
     int cpu_busy;                    /* the host's experts of this layer are started (moe_cpu_start) */
     cpu_job cpu_job;                 /* their job */
-    int *look_ids, pf_want;          /* [K] the lookahead's ids, kept for prefetch_next; the layer it runs after */
     uint32_t *cpu_left, cpu_gen;     /* [n_expert]: the prefetch left it to the host at moe_host call cpu_gen */
     float *cpu_w, *cpu_g, *cpu_u, *cpu_y; /* their weights [K]; gate, up [K][n_ff]; outputs [K][n_embd] */
     uint8_t *cpu_xq, *cpu_actq;      /* q16 rows of the input and of each SwiGLU [K] */
@@ -2332,10 +2331,10 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
     uint8_t **dst = c->miss_dst;
     int n = 0;
     for (int k = 0; k < K; k++) {
-        const int key = nx * NE + c->look_ids[k];
+        const int key = nx * NE + c->h_look[k];
         int s = c->map_slot[key];
         if (s < 0 && c->cpu_on && cpu_take(c, 1)) {
-            c->cpu_left[c->look_ids[k]] = c->cpu_gen + 1; /* the host computes it at the next layer */
+            c->cpu_left[c->h_look[k]] = c->cpu_gen + 1; /* the host computes it at the next layer */
             continue;
         }
         if (s < 0) {
@@ -2346,7 +2345,7 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
             c->map_slot[key] = s;
             c->slot_pf[s] = n;
             c->pf_slots[n] = s;
-            ids[n] = c->look_ids[k];
+            ids[n] = c->h_look[k];
             dst[n] = slot_ptr(c, s);
             n++;
         }
@@ -2380,8 +2379,9 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * the host those and the same share of the other misses. The host computes them from the layer's
  * normed input (copied down with the routing): the worker threads start on them before this
  * thread queues the GPU's experts (moe_cpu_start), and their weighted sum is added to the residual
- * after the GPU's (moe_cpu_finish). The next layer's prefetch is queued after that layer's first
- * part, so the GPU does not wait for the host to queue copies. --cpu-share x fixes the share;
+ * after the GPU's (moe_cpu_finish). The next layer's prefetch is queued while the host's job runs,
+ * so the link carries it during this layer's experts and the next layer's first part.
+ * --cpu-share x fixes the share;
  * auto (the default) climbs to the fastest one, a step per 16 tokens (tune_share). Host experts
  * use forward.c's kernels (q16 activations), so they agree with the CPU backend, not bit for bit
  * with the GPU's fp32 products.
@@ -2391,7 +2391,13 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * the host gave 75.5. Of the 11.2 ms a token at 8G the host's 250 experts took 4.8 (92 GB/s
  * from memory), the GPU's attention and routing 3.6 waited for. On the H200 machine, starting
  * the host's experts before the GPU's launches and queuing the prefetch late took 8G at 0.6 from
- * 80.6 to 84.0 tok/s (two runs each) and 24G at 0.7 from 101.3 to 114.3. */
+ * 80.6 to 84.0 tok/s (two runs each) and 24G at 0.7 from 101.3 to 114.3. Queuing the prefetch
+ * during the host's job rather than after the next layer's first part (twice the time for its
+ * copies) took 8G from 78.9 / 81.3 to 83.0 / 88.5 tok/s on the H100 machine, 30 against 17-23 GB/s
+ * on the link, the tuned share from about 0.6 to 0.5; 24G 109.2 -> 110.4. The host's job is then
+ * bound by the CPU kernel (Q4_K at 79 GB/s on 16 threads of that Xeon, which reads at 124): this
+ * thread reaches moe_cpu_finish before the gate|up chunks are done in 95% of layers, and one job
+ * whose down chunks wait for the gate|up ones measured no faster (98 / 100 against 103 / 101). */
 
 
 /* Rows [r0, r1) of one expert matrix times x (q16 row xq where the type has kernels). */
@@ -2760,18 +2766,19 @@ static int layer_post(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, in
     CK(cudaEventSynchronize(c->ev_route));
     flush_pending(c); /* the previous layer's copies are done: its kernels ran before the router */
     pf_release(c, &c->pf_old); /* so are those of the prefetch it used (moe_host waited for them) */
-    /* the host finishes its experts while the GPU runs the others; the next layer's prefetch
-     * is queued once that layer's first part is (enqueue_batch): the GPU need not wait for it */
+    /* the host computes its experts while the GPU runs the others; the next layer's prefetch is
+     * queued meanwhile, behind this layer's misses, so its copies overlap this layer's experts
+     * and the next layer's first part */
     int rc = moe_host(c, ly, d, il, T, e);
+    if (!rc && looks_ahead(c, il, T)) {
+        /* not CK: a failure must still wait for the host's job */
+        const cudaError_t r = cudaEventSynchronize(c->ev_look);
+        rc = r != cudaSuccess ? cuda_fail(e, r, "cudaEventSynchronize") : prefetch_next(c, il, e);
+    }
     const int rc2 = moe_cpu_finish(c, il, rc != 0, e);
     if (!rc) rc = rc2;
     c->n_cpu = 0;
     tev_record(c, il, 3);
-    if (!rc && looks_ahead(c, il, T)) {
-        CK(cudaEventSynchronize(c->ev_look));
-        memcpy(c->look_ids, c->h_look, sizeof(int) * (size_t)K); /* the next layer's part refills h_look */
-        c->pf_want = il + 1;
-    }
     return rc;
 }
 
@@ -2788,7 +2795,6 @@ static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
     CK(cudaMemcpyAsync(c->tok, c->h_tok, sizeof(int) * (size_t)T, cudaMemcpyHostToDevice, c->cs));
     CK(cudaMemcpyAsync(c->d_pos, c->h_pos, sizeof(int), cudaMemcpyHostToDevice, c->cs));
     launch_rows(c->tok_embd.type, c->tok_embd.d, c->tok_embd.row_bytes, c->tok, c->x, E, T, c->cs);
-    c->pf_want = -1;
     /* decode with host routing: each layer's first part is one captured graph, replayed */
     const int layer_graphs = c->use_graph && T == 1 && !c->resident && !c->timing_on;
     for (int il = 0; il < hp->n_layer; il++) {
@@ -2816,10 +2822,6 @@ static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
         }
         if (layer_graphs) CK(cudaGraphLaunch(c->lgraph[il], c->cs));
         else if ((rc = layer_pre(c, d, il, T, e))) return rc;
-        if (c->pf_want == il) {
-            c->pf_want = -1;
-            if ((rc = prefetch_next(c, il - 1, e))) return rc;
-        }
         if ((rc = layer_post(c, ly, d, il, T, e))) return rc;
     }
     CK(cudaGetLastError());
@@ -3088,7 +3090,6 @@ static void cu_destroy(void *ctx) {
     ms_free_aligned(c->cpu_xq);
     ms_free_aligned(c->cpu_actq);
     cudaFreeHost(c->h_look);
-    ms_free(c->look_ids);
     ms_free(c->cpu_refs);
     cudaFreeHost(c->h_x_idx);
     cudaFreeHost(c->h_grp_up);
@@ -3452,11 +3453,10 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         c->pf_old.ids = (int *)ms_calloc((size_t)NE, sizeof(int));
         c->pf_slots = (int *)ms_calloc((size_t)NE, sizeof(int));
         c->slot_pf = (int *)ms_malloc(sizeof(int) * n_slots);
-        c->look_ids = (int *)ms_calloc((size_t)K, sizeof(int));
-        if (!c->ev_pf || !c->pf_cur.ids || !c->pf_old.ids || !c->pf_slots || !c->slot_pf || !c->look_ids) FAIL_NOMEM("lookahead buffers");
+        if (!c->ev_pf || !c->pf_cur.ids || !c->pf_old.ids || !c->pf_slots || !c->slot_pf) FAIL_NOMEM("lookahead buffers");
         for (size_t i = 0; i < n_slots; i++) c->slot_pf[i] = -1;
         for (int i = 0; i < NE; i++) CKC(cudaEventCreateWithFlags(&c->ev_pf[i], cudaEventDisableTiming));
-        c->host_bytes += sizeof(int) * (2 * (size_t)K + 3 * (size_t)NE + n_slots);
+        c->host_bytes += sizeof(int) * ((size_t)K + 3 * (size_t)NE + n_slots);
     }
     CKC(cudaDeviceSynchronize());
     return c;
