@@ -2397,7 +2397,11 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * on the link, the tuned share from about 0.6 to 0.5; 24G 109.2 -> 110.4. The host's job is then
  * bound by the CPU kernel (Q4_K at 79 GB/s on 16 threads of that Xeon, which reads at 124): this
  * thread reaches moe_cpu_finish before the gate|up chunks are done in 95% of layers, and one job
- * whose down chunks wait for the gate|up ones measured no faster (98 / 100 against 103 / 101). */
+ * whose down chunks wait for the gate|up ones measured no faster (98 / 100 against 103 / 101).
+ * Nor did the link get faster with one kernel reading a layer's prefetch from the registered
+ * mapping in place of three copies an expert (each copy costs about 3 us of setup; alone the
+ * kernel moved 48.5 GB/s against 43.2): it holds SMs the layer's kernels need, and 8G fell from
+ * 97.1 / 92.2 to 86.5 / 85.8 tok/s. */
 
 
 /* Rows [r0, r1) of one expert matrix times x (q16 row xq where the type has kernels). */
