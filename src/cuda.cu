@@ -1769,7 +1769,10 @@ typedef struct cu_ctx {
     double tune_t, tune_last;        /* auto: decode seconds in this window; per token in the last */
     int tune_n;                      /* auto: tokens in this window */
     ms_pool *cpu_pool;               /* all cores */
-    float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input; the CPU's sum */
+    float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input (in h_r1); the CPU's sum */
+    int *r1;                         /* device: one token's top-k ids and weights [2 * K], right before h */
+    uint8_t *h_r1;                   /* pinned: r1 and h's first row as one copy (route1_bytes) */
+    int one_copy;                    /* r1 and h are adjacent: one token's routing comes back in one copy */
     float *d_cpu_y;                  /* [n_embd] VRAM: that sum, added to the residual */
     int *cpu_ids, *cpu_mark;         /* [n_expert]: this layer's host-computed experts; marks by index */
     ms_expert_ref *cpu_refs;         /* [K]: their bytes (apart from refs: the copies use those meanwhile) */
@@ -1822,6 +1825,12 @@ static void *take(cu_ctx *c, size_t n) {
 }
 
 static float *take_f(cu_ctx *c, size_t n) { return (float *)take(c, n * sizeof(float)); }
+
+/* One token's routing for the host: top-k ids and weights (r1), then the normed input (h), in
+ * one copy instead of three (H100 machine, 8G: 94.5 / 99.5 / 101.6 against 94.1 / 98.2 / 95.8
+ * tok/s, the router phase 2.67 against 2.83 ms a token; 24G 120.1 against 112.6). */
+static size_t route1_head(int K) { return align_up(2 * (size_t)K * sizeof(int)); }
+static size_t route1_bytes(int K, int E) { return route1_head(K) + sizeof(float) * (size_t)E; }
 
 static int up_mat(cu_ctx *c, const ms_mat *src, dmat *dst, ms_err *e) {
     memset(dst, 0, sizeof *dst);
@@ -1944,6 +1953,7 @@ static int plan(cu_ctx *c, ms_err *e) {
     size_t vd = (size_t)hp->n_v_heads * hp->d_v, nv = (size_t)hp->n_v_heads;
     size_t a_w = MS_MAX(E, MS_MAX(qw, (size_t)hp->conv_dim + vd));
     c->x = take_f(c, T * E);
+    c->r1 = (int *)take(c, 2 * (size_t)K * sizeof(int)); /* must stay right before h (route1_bytes) */
     c->h = take_f(c, T * E);
     c->a = take_f(c, T * a_w);
     c->q = take_f(c, T * hp->n_head * hp->head_dim);
@@ -2489,7 +2499,10 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
     const ms_hparams *hp = &c->m->hp;
     const int NE = hp->n_expert, K = hp->n_expert_used, TK = T * K;
     memset(c->exp_count, 0, sizeof(int) * (size_t)NE);
-    for (int i = 0; i < TK; i++) c->exp_count[c->h_sel[i]]++;
+    const int one = T == 1 && c->one_copy;
+    const int *h_sel = one ? (const int *)c->h_r1 : c->h_sel;
+    const float *h_selw = one ? (const float *)c->h_r1 + K : c->h_selw;
+    for (int i = 0; i < TK; i++) c->exp_count[h_sel[i]]++;
     int n_exp = 0, slots = 0;
     for (int x = 0; x < NE; x++) {
         if (!c->exp_count[x]) continue;
@@ -2504,9 +2517,9 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
     for (int i = 0; i < n_exp; i++) c->fill[i] = c->exp_first[i];
     for (int t = 0; t < T; t++)
         for (int k = 0; k < K; k++) {
-            const int s = c->fill[c->exp_index[c->h_sel[t * K + k]]]++;
+            const int s = c->fill[c->exp_index[h_sel[t * K + k]]]++;
             c->h_x_idx[s] = t;
-            h_slot_w[s] = c->h_selw[t * K + k];
+            h_slot_w[s] = h_selw[t * K + k];
             h_slot_of[t * K + k] = s;
         }
     for (int i = 0; i < n_exp; i++) c->exp_count[i] = c->fill[i] - c->exp_first[i];
@@ -2665,8 +2678,9 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
     tk.K = K;
     tk.norm = hp->norm_topk;
     tk.scale = hp->expert_weights_scale;
-    tk.sel = c->sel;
-    tk.selw = c->selw;
+    const int one = host && T == 1 && c->one_copy;
+    tk.sel = one ? c->r1 : c->sel;
+    tk.selw = one ? (float *)(c->r1 + K) : c->selw;
     if (!host) {
         tk.base = c->exp_base + (size_t)il * NE;
         tk.off_up = d->off_up;
@@ -2700,9 +2714,13 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
         k_topk<<<T, 32, 0, c->cs>>>(c->router, NE, tk);
     }
     if (host) {
-        if (T == 1 && c->cpu_on) CK(cudaMemcpyAsync(c->h_hin, c->h, sizeof(float) * (size_t)E, cudaMemcpyDeviceToHost, c->cs));
-        CK(cudaMemcpyAsync(c->h_sel, c->sel, sizeof(int) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
-        CK(cudaMemcpyAsync(c->h_selw, c->selw, sizeof(float) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
+        if (one) {
+            CK(cudaMemcpyAsync(c->h_r1, c->r1, route1_bytes(K, E), cudaMemcpyDeviceToHost, c->cs));
+        } else {
+            if (T == 1 && c->cpu_on) CK(cudaMemcpyAsync(c->h_hin, c->h, sizeof(float) * (size_t)E, cudaMemcpyDeviceToHost, c->cs));
+            CK(cudaMemcpyAsync(c->h_sel, c->sel, sizeof(int) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
+            CK(cudaMemcpyAsync(c->h_selw, c->selw, sizeof(float) * (size_t)T * K, cudaMemcpyDeviceToHost, c->cs));
+        }
         /* inside a graph capture only an external record makes a node the host can wait on */
         CK(c->capturing ? cudaEventRecordWithFlags(c->ev_route, c->cs, cudaEventRecordExternal) : cudaEventRecord(c->ev_route, c->cs));
     }
@@ -3081,7 +3099,7 @@ static void cu_destroy(void *ctx) {
     cudaFreeHost(c->h_sel);
     cudaFreeHost(c->h_selw);
     pool_free(c->cpu_pool);
-    cudaFreeHost(c->h_hin);
+    cudaFreeHost(c->h_r1);
     cudaFreeHost(c->h_cpu_y);
     cudaFree(c->d_cpu_y);
     ms_free(c->cpu_ids);
@@ -3367,6 +3385,8 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     CKC(cudaMallocHost((void **)&c->h_pos, sizeof(int)));
     CKC(cudaMallocHost((void **)&c->h_sel, sizeof(int) * T * K));
     CKC(cudaMallocHost((void **)&c->h_selw, sizeof(float) * T * K));
+    CKC(cudaMallocHost((void **)&c->h_r1, route1_bytes(K, hp->n_embd)));
+    c->one_copy = c->arena && (uint8_t *)c->h == (uint8_t *)c->r1 + route1_head(K);
     CKC(cudaMallocHost((void **)&c->h_x_idx, sizeof(int) * 3 * T * K));
     CKC(cudaMallocHost((void **)&c->h_grp_up, sizeof(mv_group) * 2 * (size_t)NE));
     CKC(cudaMallocHost((void **)&c->logits_pin, sizeof(float) * lrows * hp->n_vocab));
@@ -3425,7 +3445,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
             for (int il = 0; il < hp->n_layer; il++) ff = MS_MAX(ff, m->layers[il].gate_exps.n_out);
             const size_t qx = quant_q16_bytes((E + 31) / 32 * 32), qa = quant_q16_bytes((ff + 31) / 32 * 32);
             c->cpu_pool = pool_new(MS_MAX(1, nth));
-            CKC(cudaMallocHost((void **)&c->h_hin, sizeof(float) * (size_t)E));
+            c->h_hin = (float *)(c->h_r1 + route1_head(K));
             CKC(cudaMallocHost((void **)&c->h_cpu_y, sizeof(float) * (size_t)E));
             CKC(cudaMalloc((void **)&c->d_cpu_y, sizeof(float) * (size_t)E));
             c->cpu_ids = (int *)ms_calloc((size_t)NE, sizeof(int));
