@@ -1774,6 +1774,7 @@ typedef struct cu_ctx {
     uint8_t *h_r1;                   /* pinned: r1 and h's first row as one copy (route1_bytes) */
     int one_copy;                    /* r1 and h are adjacent: one token's routing comes back in one copy */
     float *d_cpu_y;                  /* [n_embd] VRAM: that sum, added to the residual */
+    const float *m_cpu_y;            /* h_cpu_y as the GPU addresses it (mapped pinned memory), or NULL */
     int *cpu_ids, *cpu_mark;         /* [n_expert]: this layer's host-computed experts; marks by index */
     ms_expert_ref *cpu_refs;         /* [K]: their bytes (apart from refs: the copies use those meanwhile) */
     int cpu_busy;                    /* the host's experts of this layer are started (moe_cpu_start) */
@@ -2487,6 +2488,14 @@ static int moe_cpu_finish(cu_ctx *c, int il, int fail, ms_err *e) {
     }
     experts_release(c->store, il, c->cpu_ids, n);
     if (fail) return MS_OK;
+    if (c->m_cpu_y) {
+        /* the add reads the pinned sum over the link: no copy node. The host writes the next
+         * layer's sum only after that layer's router event, which follows this add on the stream.
+         * (H100 machine: 8G 102.4 / 105.5 / 107.1 against 102.4 / 101.6 / 105.0 tok/s with the
+         * copy, share 0.6 108.3 against 102.9, 24G 130.4 against 123.1.) */
+        k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, c->m_cpu_y, E);
+        return MS_OK;
+    }
     CK(cudaMemcpyAsync(c->d_cpu_y, c->h_cpu_y, sizeof(float) * (size_t)E, cudaMemcpyHostToDevice, c->cs));
     k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, c->d_cpu_y, E);
     return MS_OK;
@@ -3448,6 +3457,9 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
             c->h_hin = (float *)(c->h_r1 + route1_head(K));
             CKC(cudaMallocHost((void **)&c->h_cpu_y, sizeof(float) * (size_t)E));
             CKC(cudaMalloc((void **)&c->d_cpu_y, sizeof(float) * (size_t)E));
+            void *mp = NULL;
+            if (cudaHostGetDevicePointer(&mp, c->h_cpu_y, 0) == cudaSuccess) c->m_cpu_y = (const float *)mp;
+            cudaGetLastError();
             c->cpu_ids = (int *)ms_calloc((size_t)NE, sizeof(int));
             c->cpu_refs = (ms_expert_ref *)ms_calloc((size_t)K, sizeof(ms_expert_ref));
             c->cpu_mark = (int *)ms_calloc((size_t)NE, sizeof(int));
