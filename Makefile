@@ -77,7 +77,7 @@ SERVER_OBJ := $(BUILD)/server.o $(BUILD)/front.o
 $(BUILD)/%_avx2.o: CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/%_avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
 
-.PHONY: all test clean san-test tsan-test deps demo fuzz fuzz-run
+.PHONY: cuda-test all test clean san-test tsan-test deps demo fuzz fuzz-run
 .SECONDARY:
 # The Debian packages come first (scripts/install-deps.sh installs what is missing as root, or
 # says which to install): a fresh Debian 12 builds with plain `make`.
@@ -137,7 +137,15 @@ test: deps
 ifeq ($(SAN)$(CUDA),00)
 	$(MAKE) SAN=1 OPT=-O1 san-test
 	$(MAKE) SAN=thread OPT=-O1 tsan-test
+	$(MAKE) cuda-test
 endif
+
+# The CUDA backend compiled wherever nvcc is (CPU-only machines too): test_cuda then checks the
+# GPU against the CPU path, or says "skipped: no GPU" and passes.
+cuda-test:
+	@if command -v nvcc >/dev/null 2>&1 || test -x /usr/local/cuda/bin/nvcc; then \
+	    $(MAKE) CUDA=1 $(BUILD)/cuda/test_cuda && ./$(BUILD)/cuda/test_cuda $(FIXTURES); \
+	else echo "test_cuda: skipped: nvcc not found, the CUDA backend was not compiled"; fi
 
 san-test: $(BUILD)/moestream $(TEST_BIN)
 	MS_SANITIZED=1 ./tests/run.sh $(BUILD) $(FIXTURES)
