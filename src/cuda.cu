@@ -1427,14 +1427,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 #define RT_X 4
 
 /* Normed x float4 i (x * s * w, as k_rmsnorm) into shared memory, and into hout from block 0. */
-__device__ __forceinline__ void rt_put(float4 *xs, float *hout, const float4 *w4, int i, float4 v, float s) {
+__device__ __forceinline__ void rt_put(float4 *xs, float *hout, float *hhost, const float4 *w4, int i, float4 v, float s) {
     const float4 g = w4 ? w4[i] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
     v.x = v.x * s * g.x, v.y = v.y * s * g.y, v.z = v.z * s * g.z, v.w = v.w * s * g.w;
     xs[i] = v;
     if (blockIdx.x == 0) ((float4 *)hout)[i] = v;
+    if (hhost && blockIdx.x == gridDim.x - 1) ((float4 *)hhost)[i] = v; /* every block has the same v */
 }
-__global__ void __launch_bounds__(128) k_router1(const float *x, const float *nw, float eps, float *hout, const float *W, int n_in,
-                                                 int NE, float *logits, int *done, topk_args tk) {
+__global__ void __launch_bounds__(128) k_router1(const float *x, const float *nw, float eps, float *hout, float *hhost,
+                                                 const float *W, int n_in, int NE, float *logits, int *done, topk_args tk) {
     extern __shared__ float4 rt_xs[];
     const int lane = threadIdx.x & 31, row = blockIdx.x * 4 + (threadIdx.x >> 5), nq = n_in >> 2;
     const float4 *wr = (const float4 *)W + (size_t)min(row, NE - 1) * nq;
@@ -1468,10 +1469,10 @@ __global__ void __launch_bounds__(128) k_router1(const float *x, const float *nw
 #pragma unroll
         for (int j = 0; j < RT_X; j++) {
             const int i = threadIdx.x + j * blockDim.x;
-            if (i < nq) rt_put(rt_xs, hout, w4, i, xv[j], s);
+            if (i < nq) rt_put(rt_xs, hout, hhost, w4, i, xv[j], s);
         }
     } else {
-        for (int i = threadIdx.x; i < nq; i += blockDim.x) rt_put(rt_xs, hout, w4, i, x4[i], s);
+        for (int i = threadIdx.x; i < nq; i += blockDim.x) rt_put(rt_xs, hout, hhost, w4, i, x4[i], s);
     }
     __syncthreads();
     float acc = 0.0f;
@@ -1752,6 +1753,7 @@ typedef struct cu_ctx {
     int *look_sel;                   /* [n_expert_used] the predicted ids (device) */
     float *look_selw;                /* [n_expert_used] their weights (unused) */
     int *h_look;                     /* [n_expert_used] pinned: the predicted ids */
+    int *m_look;                     /* h_look as the GPU addresses it (mapped), or NULL */
     cudaEvent_t ev_look;             /* h_look is filled */
     cudaEvent_t *ev_pf;              /* [n_expert]: after prefetch copy i */
     cudaEvent_t ev_pf_done;          /* after the last copy of the prefetch */
@@ -1772,6 +1774,7 @@ typedef struct cu_ctx {
     float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input (in h_r1); the CPU's sum */
     int *r1;                         /* device: one token's top-k ids and weights [2 * K], right before h */
     uint8_t *h_r1;                   /* pinned: r1 and h's first row as one copy (route1_bytes) */
+    uint8_t *m_r1;                   /* h_r1 as the GPU addresses it (mapped), or NULL */
     int one_copy;                    /* r1 and h are adjacent: one token's routing comes back in one copy */
     float *d_cpu_y;                  /* [n_embd] VRAM: that sum, added to the residual */
     const float *m_cpu_y;            /* h_cpu_y as the GPU addresses it (mapped pinned memory), or NULL */
@@ -1829,7 +1832,10 @@ static float *take_f(cu_ctx *c, size_t n) { return (float *)take(c, n * sizeof(f
 
 /* One token's routing for the host: top-k ids and weights (r1), then the normed input (h), in
  * one copy instead of three (H100 machine, 8G: 94.5 / 99.5 / 101.6 against 94.1 / 98.2 / 95.8
- * tok/s, the router phase 2.67 against 2.83 ms a token; 24G 120.1 against 112.6). */
+ * tok/s, the router phase 2.67 against 2.83 ms a token; 24G 120.1 against 112.6). Where the
+ * pinned block has a device address, k_router1 writes it directly and no copy is queued; so does
+ * the lookahead's top-k into h_look (8G 93.8 / 97.9 / 98.5 against 89.2 / 89.8 / 98.2 tok/s,
+ * the router phase 1.97 against 2.72 ms a token; 24G 118.5 against 116.1). */
 static size_t route1_head(int K) { return align_up(2 * (size_t)K * sizeof(int)); }
 static size_t route1_bytes(int K, int E) { return route1_head(K) + sizeof(float) * (size_t)E; }
 
@@ -2688,8 +2694,11 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
     tk.norm = hp->norm_topk;
     tk.scale = hp->expert_weights_scale;
     const int one = host && T == 1 && c->one_copy;
-    tk.sel = one ? c->r1 : c->sel;
-    tk.selw = one ? (float *)(c->r1 + K) : c->selw;
+    /* the fused router can write one token's routing straight into mapped pinned memory */
+    const int zero = one && fused_router && c->m_r1;
+    int *r1 = zero ? (int *)c->m_r1 : c->r1;
+    tk.sel = one ? r1 : c->sel;
+    tk.selw = one ? (float *)(r1 + K) : c->selw;
     if (!host) {
         tk.base = c->exp_base + (size_t)il * NE;
         tk.off_up = d->off_up;
@@ -2699,7 +2708,8 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
     }
     if (fused_router) {
         k_router1<<<(unsigned)((NE + 3) / 4), 128, (size_t)E * sizeof(float), c->cs>>>(
-            c->x, d->ffn_norm, hp->norm_eps, c->h, (const float *)d->router.d, E, NE, c->router, c->d_done, tk);
+            c->x, d->ffn_norm, hp->norm_eps, c->h, zero ? (float *)(c->m_r1 + route1_head(K)) : NULL, (const float *)d->router.d, E,
+            NE, c->router, c->d_done, tk);
     } else if (T == 1) {
         /* one token: the router product's last block runs the top-k */
         mv_args a;
@@ -2723,7 +2733,9 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
         k_topk<<<T, 32, 0, c->cs>>>(c->router, NE, tk);
     }
     if (host) {
-        if (one) {
+        if (zero) {
+            /* written by k_router1 */
+        } else if (one) {
             CK(cudaMemcpyAsync(c->h_r1, c->r1, route1_bytes(K, E), cudaMemcpyDeviceToHost, c->cs));
         } else {
             if (T == 1 && c->cpu_on) CK(cudaMemcpyAsync(c->h_hin, c->h, sizeof(float) * (size_t)E, cudaMemcpyDeviceToHost, c->cs));
@@ -2753,10 +2765,11 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
         a.mode = MV_STORE;
         a.tail_done = c->d_done;
         a.tk.K = K;
-        a.tk.sel = c->look_sel;
+        a.tk.sel = c->m_look ? c->m_look : c->look_sel; /* the ids straight to the host where mapped */
         a.tk.selw = c->look_selw;
         if (launch_mat(dn->router.type, a, 1, 1, c->cs)) return ms_fail(e, MS_ERR_UNSUPPORTED, "lookahead router launch failed");
-        CK(cudaMemcpyAsync(c->h_look, c->look_sel, sizeof(int) * (size_t)K, cudaMemcpyDeviceToHost, c->cs));
+        if (a.tk.sel == c->look_sel)
+            CK(cudaMemcpyAsync(c->h_look, c->look_sel, sizeof(int) * (size_t)K, cudaMemcpyDeviceToHost, c->cs));
         CK(c->capturing ? cudaEventRecordWithFlags(c->ev_look, c->cs, cudaEventRecordExternal) : cudaEventRecord(c->ev_look, c->cs));
     }
     tev_record(c, il, 2);
@@ -3396,6 +3409,11 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     CKC(cudaMallocHost((void **)&c->h_selw, sizeof(float) * T * K));
     CKC(cudaMallocHost((void **)&c->h_r1, route1_bytes(K, hp->n_embd)));
     c->one_copy = c->arena && (uint8_t *)c->h == (uint8_t *)c->r1 + route1_head(K);
+    {
+        void *mp = NULL;
+        if (cudaHostGetDevicePointer(&mp, c->h_r1, 0) == cudaSuccess) c->m_r1 = (uint8_t *)mp;
+        cudaGetLastError();
+    }
     CKC(cudaMallocHost((void **)&c->h_x_idx, sizeof(int) * 3 * T * K));
     CKC(cudaMallocHost((void **)&c->h_grp_up, sizeof(mv_group) * 2 * (size_t)NE));
     CKC(cudaMallocHost((void **)&c->logits_pin, sizeof(float) * lrows * hp->n_vocab));
@@ -3482,6 +3500,9 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     }
     if (c->lookahead) {
         CKC(cudaMallocHost((void **)&c->h_look, sizeof(int) * (size_t)K));
+        void *mp = NULL;
+        if (cudaHostGetDevicePointer(&mp, c->h_look, 0) == cudaSuccess) c->m_look = (int *)mp;
+        cudaGetLastError();
         CKC(cudaEventCreateWithFlags(&c->ev_look, cudaEventDisableTiming));
         CKC(cudaEventCreateWithFlags(&c->ev_pf_done, cudaEventDisableTiming));
         c->ev_pf = (cudaEvent_t *)ms_calloc((size_t)NE, sizeof(cudaEvent_t));
