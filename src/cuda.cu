@@ -2418,7 +2418,11 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * Nor did the link get faster with one kernel reading a layer's prefetch from the registered
  * mapping in place of three copies an expert (each copy costs about 3 us of setup; alone the
  * kernel moved 48.5 GB/s against 43.2): it holds SMs the layer's kernels need, and 8G fell from
- * 97.1 / 92.2 to 86.5 / 85.8 tok/s. */
+ * 97.1 / 92.2 to 86.5 / 85.8 tok/s. Nor did queuing the add of the host's sum, and the next
+ * layer's graph behind it, before the host's job ends (a kernel polling a flag in pinned memory,
+ * so that no launch sits between the sum and the next layer): 8G 91.7 / 89.0 / 86.9 against
+ * 93.2 / 88.4 / 88.9 tok/s, and one bench in each process stalled until that kernel's timeout,
+ * which was not found before the session ended. */
 
 
 /* Rows [r0, r1) of one expert matrix times x (q16 row xq where the type has kernels). */
