@@ -1838,6 +1838,16 @@ static float *take_f(cu_ctx *c, size_t n) { return (float *)take(c, n * sizeof(f
  * the router phase 1.97 against 2.72 ms a token; 24G 118.5 against 116.1). */
 static size_t route1_head(int K) { return align_up(2 * (size_t)K * sizeof(int)); }
 static size_t route1_bytes(int K, int E) { return route1_head(K) + sizeof(float) * (size_t)E; }
+/* Whether a batch's routing reaches the host through h_r1 (layer_pre writes it, moe_host reads it). */
+static int routes_in_r1(const cu_ctx *c, int T) { return T == 1 && c->one_copy; }
+
+/* The device address of pinned host memory (the host's own under unified addressing), or NULL. */
+static void *mapped(void *host) {
+    void *dp = NULL;
+    if (cudaHostGetDevicePointer(&dp, host, 0) != cudaSuccess) dp = NULL;
+    cudaGetLastError();
+    return dp;
+}
 
 static int up_mat(cu_ctx *c, const ms_mat *src, dmat *dst, ms_err *e) {
     memset(dst, 0, sizeof *dst);
@@ -2518,7 +2528,7 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
     const ms_hparams *hp = &c->m->hp;
     const int NE = hp->n_expert, K = hp->n_expert_used, TK = T * K;
     memset(c->exp_count, 0, sizeof(int) * (size_t)NE);
-    const int one = T == 1 && c->one_copy;
+    const int one = routes_in_r1(c, T);
     const int *h_sel = one ? (const int *)c->h_r1 : c->h_sel;
     const float *h_selw = one ? (const float *)c->h_r1 + K : c->h_selw;
     for (int i = 0; i < TK; i++) c->exp_count[h_sel[i]]++;
@@ -2697,7 +2707,7 @@ static int layer_pre(cu_ctx *c, const dlayer *d, int il, int T, ms_err *e) {
     tk.K = K;
     tk.norm = hp->norm_topk;
     tk.scale = hp->expert_weights_scale;
-    const int one = host && T == 1 && c->one_copy;
+    const int one = host && routes_in_r1(c, T);
     /* the fused router can write one token's routing straight into mapped pinned memory */
     const int zero = one && fused_router && c->m_r1;
     int *r1 = zero ? (int *)c->m_r1 : c->r1;
@@ -3413,11 +3423,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     CKC(cudaMallocHost((void **)&c->h_selw, sizeof(float) * T * K));
     CKC(cudaMallocHost((void **)&c->h_r1, route1_bytes(K, hp->n_embd)));
     c->one_copy = c->arena && (uint8_t *)c->h == (uint8_t *)c->r1 + route1_head(K);
-    {
-        void *mp = NULL;
-        if (cudaHostGetDevicePointer(&mp, c->h_r1, 0) == cudaSuccess) c->m_r1 = (uint8_t *)mp;
-        cudaGetLastError();
-    }
+    c->m_r1 = (uint8_t *)mapped(c->h_r1);
     CKC(cudaMallocHost((void **)&c->h_x_idx, sizeof(int) * 3 * T * K));
     CKC(cudaMallocHost((void **)&c->h_grp_up, sizeof(mv_group) * 2 * (size_t)NE));
     CKC(cudaMallocHost((void **)&c->logits_pin, sizeof(float) * lrows * hp->n_vocab));
@@ -3479,9 +3485,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
             c->h_hin = (float *)(c->h_r1 + route1_head(K));
             CKC(cudaMallocHost((void **)&c->h_cpu_y, sizeof(float) * (size_t)E));
             CKC(cudaMalloc((void **)&c->d_cpu_y, sizeof(float) * (size_t)E));
-            void *mp = NULL;
-            if (cudaHostGetDevicePointer(&mp, c->h_cpu_y, 0) == cudaSuccess) c->m_cpu_y = (const float *)mp;
-            cudaGetLastError();
+            c->m_cpu_y = (const float *)mapped(c->h_cpu_y);
             c->cpu_ids = (int *)ms_calloc((size_t)NE, sizeof(int));
             c->cpu_refs = (ms_expert_ref *)ms_calloc((size_t)K, sizeof(ms_expert_ref));
             c->cpu_mark = (int *)ms_calloc((size_t)NE, sizeof(int));
@@ -3504,9 +3508,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
     }
     if (c->lookahead) {
         CKC(cudaMallocHost((void **)&c->h_look, sizeof(int) * (size_t)K));
-        void *mp = NULL;
-        if (cudaHostGetDevicePointer(&mp, c->h_look, 0) == cudaSuccess) c->m_look = (int *)mp;
-        cudaGetLastError();
+        c->m_look = (int *)mapped(c->h_look);
         CKC(cudaEventCreateWithFlags(&c->ev_look, cudaEventDisableTiming));
         CKC(cudaEventCreateWithFlags(&c->ev_pf_done, cudaEventDisableTiming));
         c->ev_pf = (cudaEvent_t *)ms_calloc((size_t)NE, sizeof(cudaEvent_t));
