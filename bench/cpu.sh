@@ -5,7 +5,8 @@
 #
 # 1. small/qwen35moe Q4_K_M fixture: tg128 (issue 2's decode number)
 # 2. a model that fits in RAM: synthetic qwen3-30b-a3b at Q4_K cut to 22 layers (~8.5 GB):
-#    pp512 and tg128 (llama-bench with its defaults: it fits, so repacking is what users get)
+#    pp512 and tg128 (llama-bench with its defaults: it fits, so repacking is what users get),
+#    ROUNDS times (default 3), the two taking turns
 # 3. with BIG=path: pp512 on a model larger than RAM (e.g. bench/stream.sh's 45 GB
 #    qwen3next-80b-a3b), moestream --io direct --mem MEM against llama.cpp memory-mapped with
 #    repacking off (llama-batched-bench, which reads random ids like llama-bench), page cache
@@ -17,6 +18,7 @@ llama=${LLAMA_BIN:?set LLAMA_BIN to a llama.cpp build/bin directory}
 fx=${FIXTURES:-../shared/fixtures}
 T=${THREADS:-2}
 R=${REPS:-3}
+ROUNDS=${ROUNDS:-3}
 MEM=${MEM:-20G}
 mkdir -p "$out"
 res="$out/cpu.md"
@@ -37,10 +39,17 @@ fit=$out/qwen3-30b-a3b-22l-q4k.gguf
 [ -f "$fit" ] || "$bin" synth --preset qwen3-30b-a3b --layers 22 --type Q4_K -o "$fit"
 log ""
 log "## synthetic qwen3-30b-a3b, 22 layers, Q4_K ($(du -hL "$fit" | cut -f1)): pp512, tg128 (load avg $(load))"
-"$bin" bench -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ms_fit.txt"
-"$llama/llama-bench" -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ll_fit.txt"
-log "- moestream: $(ms_tps <"$out/ms_fit.txt" | tr '\n' ' ')"
-log "- llama.cpp: $(ll_tps <"$out/ll_fit.txt" | tr '\n' ' ')"
+# ROUNDS rounds, the two programs taking turns, so a change in the shared machine's speed
+# during the script falls on both; the ratio is of the means over the rounds
+for i in $(seq "$ROUNDS"); do
+    "$bin" bench -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ms_fit.txt"
+    "$llama/llama-bench" -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ll_fit.txt"
+    log "- round $i, moestream: $(ms_tps <"$out/ms_fit.txt" | tr '\n' ' ')"
+    log "- round $i, llama.cpp: $(ll_tps <"$out/ll_fit.txt" | tr '\n' ' ')"
+done
+awk '/round [0-9]+, / {p = $4 == "moestream:" ? "ms" : "ll"; for (f = 5; f <= NF; f++) if ($f ~ /^(pp|tg)[0-9]+:?$/) {k = $f; sub(/:/, "", k); v = $(f + 1) == ":" ? $(f + 2) : $(f + 1); s[p, k] += v; n[p, k]++; t[k] = 1}}
+     END {for (k in t) if (n["ms", k] && n["ll", k]) printf "- %s mean of %d rounds: moestream %.2f, llama.cpp %.2f, ratio %.2f\n", k, n["ms", k],
+          s["ms", k] / n["ms", k], s["ll", k] / n["ll", k], (s["ms", k] / n["ms", k]) / (s["ll", k] / n["ll", k])}' "$res" | sort | tee -a "$res"
 
 if [ -n "${BIG:-}" ]; then
     log ""

@@ -151,7 +151,7 @@ INLINE void dec_q5_k(const uint8_t *b, kdec *k, float mins_scale) {
     k->mins8 = (uint64_t)sw[3] << 32 | sw[2];
 }
 
-/* Per 16-bit lane shift counts: a for the low 32 bytes, b for the high 32. */
+/* Words: a in the low 32 bytes, b in the high 32 (shift counts, vpermw indices). */
 static inline __m512i halves_epi16(int a, int b) {
     return _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)a),
                                    _mm512_set1_epi16((short)b));
@@ -361,7 +361,7 @@ INLINE void mm_k_pass(const uint8_t *w, size_t row_bytes, int64_t r0, int64_t r1
     }
 }
 
-/* Q4_K/Q5_K matvec: the dot with the "min" terms at half width. A sub-block's min m_j meets
+/* Q5_K matvec (Q4_K's is dot_q4k_planes below): the dot with the "min" terms at half width. A sub-block's min m_j meets
  * the sum of its 32 activations, taken once per call as a float times dx (sx32); a block's 8
  * mins then cost one 256-bit convert, multiply and FMA (a 512-bit op takes both halves of the
  * pipes on Zen 4). The same products as dot_k, summed in another order. */
@@ -382,7 +382,66 @@ INLINE float dot_k4_sx(const uint8_t *b, const int16_t *xv, const float *dx, con
     return _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(accm)));
 }
 
-enum { SX32_MAX = 1024 }; /* rows of up to 32768 values take dot_k4_sx */
+enum { SX32_MAX = 1024 }; /* rows of up to 32768 values take dot_k4_sx (Q5_K) or dot_q4k_planes */
+
+/* Q4_K matvec without vpmullw (it and the dot products share one pipe on Zen 4, and the
+ * multiplies were half of a block's work there: dropping them alone took the kernel from 19 to
+ * 28 GB/s in L2). The q16 row is split into two byte planes, x = 256 h + l (h signed, l
+ * unsigned); vpdpbusd sums each plane against the unscaled 4-bit codes, four products a lane
+ * (|sum| <= 15300, a word), vpackssdw puts both planes' sums in words, and one vpdpwssd
+ * multiplies them by the sub-block scales sc and 256 sc: 12 dot instructions a block instead of
+ * 8 multiplies and 8 dots. A 64-byte load of codes holds two sub-blocks in its low nibbles
+ * (0 and 2 of the first 64 bytes) and two in its high (1 and 3), so the planes keep each
+ * block's values in the order 0 2 1 3 4 6 5 7 by 32-value sub-block. The integer sums equal
+ * dot_k4_sx's (lanes of at most 4 * 2 * 7680 * 16128 < 2^30); the mins are taken as there. */
+static void q4k_planes(const int16_t *xv, int64_t n, int8_t *xh, uint8_t *xl) {
+    static const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    for (int64_t g = 0; g < n / QK_K; g++)
+        for (int k = 0; k < 8; k++) {
+            __m512i v = _mm512_loadu_si512((const void *)(xv + QK_K * g + 32 * order[k]));
+            _mm256_storeu_si256((__m256i *)(xh + QK_K * g + 32 * k), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+            _mm256_storeu_si256((__m256i *)(xl + QK_K * g + 32 * k), _mm512_cvtepi16_epi8(v));
+        }
+}
+
+/* vpermw indices of the scale words for the code vector of sub-blocks a (its low 256 bits)
+ * and b: in each 128-bit lane, after vpackssdw, four words of l-plane sums then four of
+ * h-plane sums, so sc (word sb of the table) four times, then 256 sc (word 8 + sb). */
+static inline __m512i q4k_scale_index(int a, int b) {
+    return _mm512_add_epi16(halves_epi16(a, b), _mm512_maskz_set1_epi16(0xF0F0F0F0u, 8));
+}
+
+INLINE float dot_q4k_planes(const uint8_t *b, const int8_t *xh, const uint8_t *xl, const float *dx,
+                            const float *sx32, int64_t n, const __m512i idx[4]) {
+    __m512 acc = _mm512_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    const __m512i m15 = _mm512_set1_epi8(15);
+    for (int64_t g = 0; g < n / QK_K; g++, b += QB_Q4_K) {
+        prefetch_ahead(b, QB_Q4_K);
+        uint32_t sw[4];
+        quant_scale_min_k4_words(b + 4, sw);
+        /* words 0..7: the eight scales; 8..15: times 256 */
+        __m128i sc = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)((uint64_t)sw[1] << 32 | sw[0])));
+        __m512i table = _mm512_castsi256_si512(
+            _mm256_inserti128_si256(_mm256_castsi128_si256(sc), _mm_slli_epi16(sc, 8), 1));
+        __m512i q0 = _mm512_loadu_si512((const void *)(b + 16)), q1 = _mm512_loadu_si512((const void *)(b + 80));
+        __m512i codes[4] = {_mm512_and_si512(q0, m15), _mm512_and_si512(_mm512_srli_epi16(q0, 4), m15),
+                            _mm512_and_si512(q1, m15), _mm512_and_si512(_mm512_srli_epi16(q1, 4), m15)};
+        const int8_t *h = xh + QK_K * g;
+        const uint8_t *l = xl + QK_K * g;
+        __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            __m512i sh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes[v], _mm512_loadu_si512((const void *)(h + 64 * v)));
+            __m512i sl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)(l + 64 * v)), codes[v]);
+            sum = _mm512_dpwssd_epi32(sum, _mm512_packs_epi32(sl, sh), _mm512_permutexvar_epi16(idx[v], table));
+        }
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(f16_at(b) * dx[g]), acc);
+        __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)((uint64_t)sw[3] << 32 | sw[2]))));
+        accm = _mm256_fmadd_ps(_mm256_mul_ps(m, _mm256_set1_ps(f16_at(b + 2))), _mm256_loadu_ps(sx32 + 8 * g), accm);
+    }
+    return _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(accm)));
+}
 
 INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                  const void *const *x, int n_tok, float *y, int64_t ldy, int bytes, int mins,
@@ -392,6 +451,16 @@ INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int6
         const float *dx = q16_scales(x[0], n);
         const int32_t *s = q16_sums(x[0], n);
         for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
+        if (dec == dec_q4_k) {
+            _Alignas(64) int8_t xh[SX32_MAX * 32];
+            _Alignas(64) uint8_t xl[SX32_MAX * 32];
+            q4k_planes(q16_vals(x[0]), n, xh, xl);
+            const __m512i idx[4] = {q4k_scale_index(0, 2), q4k_scale_index(1, 3), q4k_scale_index(4, 6),
+                                    q4k_scale_index(5, 7)};
+            for (int64_t r = r0; r < r1; r++)
+                y[r] = dot_q4k_planes(w + (size_t)r * row_bytes, xh, xl, dx, sx32, n, idx);
+            return;
+        }
         for (int64_t r = r0; r < r1; r++)
             y[r] = dot_k4_sx(w + (size_t)r * row_bytes, q16_vals(x[0]), dx, sx32, n, bytes, dec);
         return;
