@@ -1741,6 +1741,7 @@ typedef struct cu_ctx {
     /* host -> VRAM transfers */
     int n_reg;
     const uint8_t **reg_lo, **reg_hi; /* page-locked host ranges (the file mapping) */
+    int no_batch;                     /* the runtime refused a batched copy: three copies an expert */
     uint8_t *staging;
     int n_stage, stage_head;
     cudaEvent_t *stage_ev;
@@ -2264,6 +2265,36 @@ static void stage_task(void *ctx, int i, int thread) {
     cudaEventRecord(j->ev[k], c->xs);
 }
 
+/* Queues the copy of one expert's three matrices from page-locked host memory into its VRAM slot
+ * on the copy stream. One batched call where the runtime has it: the copy engine then moves the
+ * three pieces at the rate of one contiguous copy (H100, 3 x 576 KB from pinned memory: 50 GB/s
+ * batched, 43 as three copies, .dev measurement of 2026-11-26). */
+static cudaError_t copy_expert(cu_ctx *c, const dlayer *d, const ms_expert_ref *r, uint8_t *dst) {
+#if CUDART_VERSION >= 12080
+    if (!c->no_batch) {
+        void *dsts[3] = {dst, dst + d->off_up, dst + d->off_down};
+        void *srcs[3] = {(void *)r->gate, (void *)r->up, (void *)r->down};
+        size_t sizes[3] = {d->sz_gate, d->sz_up, d->sz_down}, attr_at = 0;
+        cudaMemcpyAttributes attr;
+        memset(&attr, 0, sizeof attr);
+        attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+#if CUDART_VERSION >= 13000
+        cudaError_t rc = cudaMemcpyBatchAsync(dsts, srcs, sizes, 3, &attr, &attr_at, 1, c->xs);
+#else
+        size_t failed;
+        cudaError_t rc = cudaMemcpyBatchAsync(dsts, srcs, sizes, 3, &attr, &attr_at, 1, &failed, c->xs);
+#endif
+        if (rc != cudaErrorNotSupported && rc != cudaErrorInvalidValue) return rc;
+        cudaGetLastError();
+        c->no_batch = 1;
+    }
+#endif
+    cudaError_t rc = cudaMemcpyAsync(dst, r->gate, d->sz_gate, cudaMemcpyHostToDevice, c->xs);
+    if (rc == cudaSuccess) rc = cudaMemcpyAsync(dst + d->off_up, r->up, d->sz_up, cudaMemcpyHostToDevice, c->xs);
+    if (rc == cudaSuccess) rc = cudaMemcpyAsync(dst + d->off_down, r->down, d->sz_down, cudaMemcpyHostToDevice, c->xs);
+    return rc;
+}
+
 /* Queues the host-to-VRAM copies of n experts of layer il into slots dst[0..n), recording
  * ev[i] after copy i. The store is asked for a few experts at a time (its cache may hold only
  * so many pinned at once); bytes in page-locked memory are copied in place and stay pinned in
@@ -2282,9 +2313,7 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
                      in_registered(c, c->refs[i].down, d->sz_down);
         if (direct) {
             for (int i = b; i < b + nb; i++) {
-                CK(cudaMemcpyAsync(dst[i], c->refs[i].gate, d->sz_gate, cudaMemcpyHostToDevice, c->xs));
-                CK(cudaMemcpyAsync(dst[i] + d->off_up, c->refs[i].up, d->sz_up, cudaMemcpyHostToDevice, c->xs));
-                CK(cudaMemcpyAsync(dst[i] + d->off_down, c->refs[i].down, d->sz_down, cudaMemcpyHostToDevice, c->xs));
+                CK(copy_expert(c, d, &c->refs[i], dst[i]));
                 CK(cudaEventRecord(ev[i], c->xs));
             }
             memcpy(pd->ids + pd->n, ids + b, sizeof(int) * (size_t)nb);
