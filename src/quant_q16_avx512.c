@@ -404,15 +404,18 @@ static void q4k_planes(const int16_t *xv, int64_t n, int8_t *xh, uint8_t *xl) {
         }
 }
 
-/* vpermw indices of the scale words for the code vector of sub-blocks a (its low 256 bits)
- * and b: in each 128-bit lane, after vpackssdw, four words of l-plane sums then four of
- * h-plane sums, so sc (word sb of the table) four times, then 256 sc (word 8 + sb). */
-static inline __m512i q4k_scale_index(int a, int b) {
-    return _mm512_add_epi16(halves_epi16(a, b), _mm512_maskz_set1_epi16(0xF0F0F0F0u, 8));
+/* vpshufb controls that make the scale words for the code vector of sub-blocks a (its low 256
+ * bits) and b from the eight scale bytes in every 128-bit lane: after vpackssdw each lane holds
+ * four words of l-plane sums, then four of h-plane sums, so sc four times (bytes sc, 0), then
+ * 256 sc four times (bytes 0, sc; sc < 64). Index bytes with the top bit set give 0. */
+static inline __m512i q4k_scale_control(int a, int b) {
+    const __m512i sb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_set1_epi8((char)a), _mm512_set1_epi8((char)b));
+    /* per lane: bytes 0, 2, 4, 6 and 9, 11, 13, 15 take the scale, the others are zero */
+    return _mm512_mask_blend_epi8(0xAA55AA55AA55AA55ull, _mm512_set1_epi8((char)0x80), sb);
 }
 
 INLINE float dot_q4k_planes(const uint8_t *b, const int8_t *xh, const uint8_t *xl, const float *dx,
-                            const float *sx32, int64_t n, const __m512i idx[4]) {
+                            const float *sx32, int64_t n, const __m512i ctl[4]) {
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     const __m512i m15 = _mm512_set1_epi8(15);
@@ -420,10 +423,7 @@ INLINE float dot_q4k_planes(const uint8_t *b, const int8_t *xh, const uint8_t *x
         prefetch_ahead(b, QB_Q4_K);
         uint32_t sw[4];
         quant_scale_min_k4_words(b + 4, sw);
-        /* words 0..7: the eight scales; 8..15: times 256 */
-        __m128i sc = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)((uint64_t)sw[1] << 32 | sw[0])));
-        __m512i table = _mm512_castsi256_si512(
-            _mm256_inserti128_si256(_mm256_castsi128_si256(sc), _mm_slli_epi16(sc, 8), 1));
+        const __m512i scales = _mm512_set1_epi64((long long)((uint64_t)sw[1] << 32 | sw[0]));
         __m512i q0 = _mm512_loadu_si512((const void *)(b + 16)), q1 = _mm512_loadu_si512((const void *)(b + 80));
         __m512i codes[4] = {_mm512_and_si512(q0, m15), _mm512_and_si512(_mm512_srli_epi16(q0, 4), m15),
                             _mm512_and_si512(q1, m15), _mm512_and_si512(_mm512_srli_epi16(q1, 4), m15)};
@@ -434,7 +434,7 @@ INLINE float dot_q4k_planes(const uint8_t *b, const int8_t *xh, const uint8_t *x
         for (int v = 0; v < 4; v++) {
             __m512i sh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes[v], _mm512_loadu_si512((const void *)(h + 64 * v)));
             __m512i sl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)(l + 64 * v)), codes[v]);
-            sum = _mm512_dpwssd_epi32(sum, _mm512_packs_epi32(sl, sh), _mm512_permutexvar_epi16(idx[v], table));
+            sum = _mm512_dpwssd_epi32(sum, _mm512_packs_epi32(sl, sh), _mm512_shuffle_epi8(scales, ctl[v]));
         }
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(f16_at(b) * dx[g]), acc);
         __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)((uint64_t)sw[3] << 32 | sw[2]))));
@@ -455,10 +455,10 @@ INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int6
             _Alignas(64) int8_t xh[SX32_MAX * 32];
             _Alignas(64) uint8_t xl[SX32_MAX * 32];
             q4k_planes(q16_vals(x[0]), n, xh, xl);
-            const __m512i idx[4] = {q4k_scale_index(0, 2), q4k_scale_index(1, 3), q4k_scale_index(4, 6),
-                                    q4k_scale_index(5, 7)};
+            const __m512i ctl[4] = {q4k_scale_control(0, 2), q4k_scale_control(1, 3), q4k_scale_control(4, 6),
+                                    q4k_scale_control(5, 7)};
             for (int64_t r = r0; r < r1; r++)
-                y[r] = dot_q4k_planes(w + (size_t)r * row_bytes, xh, xl, dx, sx32, n, idx);
+                y[r] = dot_q4k_planes(w + (size_t)r * row_bytes, xh, xl, dx, sx32, n, ctl);
             return;
         }
         for (int64_t r = r0; r < r1; r++)
