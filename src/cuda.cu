@@ -1768,9 +1768,8 @@ typedef struct cu_ctx {
      * by the CPU from host memory instead of crossing the link (see moe_cpu_start) */
     int cpu_on, cpu_auto;            /* --cpu-share (MS_CUDA_CPU_SHARE overrides): 0 off, auto tunes, x fixed */
     float cpu_share, cpu_carry;      /* the share of misses the CPU takes; the rounding carried */
-    float tune_dir;                  /* auto: the direction of the last step */
-    double tune_t, tune_last;        /* auto: decode seconds in this window; per token in the last */
-    int tune_n;                      /* auto: tokens in this window */
+    int bal_n, bal_gpu_late;         /* auto: layers in this window; those whose GPU experts outlasted the host's */
+    cudaEvent_t ev_gx;               /* auto: after the GPU's experts of the layer */
     ms_pool *cpu_pool;               /* all cores */
     float *h_hin, *h_cpu_y;          /* pinned [n_embd]: the layer's normed input (in h_r1); the CPU's sum */
     int *r1;                         /* device: one token's top-k ids and weights [2 * K], right before h */
@@ -2341,11 +2340,26 @@ static int issue_copies(cu_ctx *c, const dlayer *d, int il, int *ids, uint8_t **
 }
 
 /* The host's share of the experts not in VRAM (--cpu-share; see moe_cpu_start): tuned while decoding
- * by a hill climb on the time per token, one step per window of tokens. */
+ * by balancing the host's experts against the GPU's, one step per window of layers (bal_step). */
 #define CPU_SHARE_START 0.5f
 #define CPU_SHARE_STEP 0.05f
-enum { CPU_TUNE_TOKENS = 16 };
 enum { CPU_ITEMS = 4 }; /* pool items a thread in the host's expert jobs (2: 87.8 against 88.5 tok/s at 8G) */
+
+/* --cpu-share auto: after each decoded layer, whether the GPU's experts were still running when
+ * the host had finished its own (or the host had none); a window of layers moves the share
+ * toward the host when the GPU was the later in more than half of them, away when in fewer, by
+ * up to a step. It settles where each side finishes first about half the time. A hill climb on
+ * the time per token, one step per 16 tokens, did worse on the H100 machine (qwen3next-80b, one
+ * call, 03:03 UTC): 8G 95.02 / 106.12 tok/s against 105.20 / 104.85, 24G 127.11 against 131.92;
+ * its steps followed the noise of the token times, where these signals come from every layer. */
+enum { BAL_LAYERS = 96 };
+static void bal_step(cu_ctx *c, int gpu_late) {
+    c->bal_gpu_late += gpu_late;
+    if (++c->bal_n < BAL_LAYERS) return;
+    const float f = (float)c->bal_gpu_late / (float)c->bal_n;
+    c->cpu_share = MS_MAX(0.0f, MS_MIN(1.0f, c->cpu_share + 2.0f * CPU_SHARE_STEP * (f - 0.5f)));
+    c->bal_n = c->bal_gpu_late = 0;
+}
 
 /* How many of n misses the CPU takes now (the share, its rounding carried between layers). */
 static int cpu_take(cu_ctx *c, int n) {
@@ -2448,7 +2462,7 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * after the GPU's (moe_cpu_finish). The next layer's prefetch is queued while the host's job runs,
  * so the link carries it during this layer's experts and the next layer's first part.
  * --cpu-share x fixes the share;
- * auto (the default) climbs to the fastest one, a step per 16 tokens (tune_share). Host experts
+ * auto (the default) balances the host's finish against the GPU's (bal_step). Host experts
  * use forward.c's kernels (q16 activations), so they agree with the CPU backend, not bit for bit
  * with the GPU's fp32 products.
  *
@@ -2544,6 +2558,7 @@ static int moe_cpu_finish(cu_ctx *c, int il, int fail, ms_err *e) {
                 quant_q16_quantize(c->cpu_g + (size_t)k * ff, ff, c->cpu_actq + (size_t)k * quant_q16_bytes(ff));
         c->cpu_job.rows = MS_MAX(16, (E + CPU_ITEMS * nth - 1) / (CPU_ITEMS * nth));
         pool_run(c->cpu_pool, cpu_down_task, &c->cpu_job, (int)((E + c->cpu_job.rows - 1) / c->cpu_job.rows));
+        if (c->cpu_auto) bal_step(c, cudaEventQuery(c->ev_gx) == cudaErrorNotReady);
     }
     experts_release(c->store, il, c->cpu_ids, n);
     if (fail) return MS_OK;
@@ -2715,6 +2730,10 @@ static int moe_host(cu_ctx *c, const ms_layer *ly, const dlayer *d, int il, int 
         pending t = c->pf_old; /* empty: layer_post released it */
         c->pf_old = c->pf_cur;
         c->pf_cur = t;
+    }
+    if (c->cpu_auto && T == 1) {
+        if (c->n_cpu) CK(cudaEventRecord(c->ev_gx, c->cs));
+        else bal_step(c, 1); /* the host had nothing: it waits for the GPU */
     }
     if (T > 1) {
         const size_t n = (size_t)T * hp->n_embd;
@@ -2930,20 +2949,6 @@ static int enqueue_batch(cu_ctx *c, int T, int first, ms_err *e) {
     return MS_OK;
 }
 
-/* --cpu-share auto: after each window of decoded tokens, a step of the share; the direction
- * turns when the window was slower per token than the one before. */
-static void tune_share(cu_ctx *c, double dt) {
-    c->tune_t += dt;
-    if (++c->tune_n < CPU_TUNE_TOKENS) return;
-    const double t = c->tune_t / c->tune_n;
-    if (c->tune_last > 0 && t > c->tune_last) c->tune_dir = -c->tune_dir;
-    c->tune_last = t;
-    c->cpu_share += c->tune_dir * CPU_SHARE_STEP;
-    if (c->cpu_share <= 0.0f || c->cpu_share >= 1.0f) c->cpu_share = MS_MAX(0.0f, MS_MIN(1.0f, c->cpu_share)), c->tune_dir = -c->tune_dir;
-    c->tune_t = 0;
-    c->tune_n = 0;
-}
-
 static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, ms_err *e) {
     const ms_hparams *hp = &c->m->hp;
     const int E = hp->n_embd, nv = hp->n_vocab;
@@ -3011,7 +3016,6 @@ static int eval_batch(cu_ctx *c, const int32_t *tokens, int T, int all_logits, m
     }
     c->timing.other += wall > gpu ? wall - gpu : 0;
     c->timing.tokens += (uint64_t)T;
-    if (c->cpu_auto && T == 1) tune_share(c, wall);
     return MS_OK;
 }
 
@@ -3149,6 +3153,7 @@ static void cu_destroy(void *ctx) {
             if (c->ev_pf[i]) cudaEventDestroy(c->ev_pf[i]);
     ms_free(c->ev_pf);
     if (c->ev_pf_done) cudaEventDestroy(c->ev_pf_done);
+    if (c->ev_gx) cudaEventDestroy(c->ev_gx);
     if (c->ev_look) cudaEventDestroy(c->ev_look);
     if (c->stage_ev)
         for (int i = 0; i < c->n_stage; i++)
@@ -3514,7 +3519,7 @@ static void *cu_create(const struct ms_model *m, ms_store *store, const ms_backe
         const float share = cs && *cs ? (strcmp(cs, "auto") ? (float)atof(cs) : -1.0f) : p->gpu_cpu_share;
         c->cpu_auto = share < 0.0f;
         c->cpu_share = c->cpu_auto ? CPU_SHARE_START : MS_MIN(1.0f, share);
-        c->tune_dir = 1.0f;
+        if (c->cpu_auto) CKC(cudaEventCreateWithFlags(&c->ev_gx, cudaEventDisableTiming));
         c->cpu_on = c->cpu_share > 0.0f;
         if (c->cpu_on) {
             int64_t ff = 0;
