@@ -443,24 +443,34 @@ INLINE float dot_q4k_planes(const uint8_t *b, const int8_t *xh, const uint8_t *x
     return _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(accm)));
 }
 
+/* One token of Q4_K rows [r0, r1). Not inlined into mm_k, so that its 68 KB of planes and sums
+ * on the stack are not part of every matrix product's frame. */
+__attribute__((noinline)) static void matvec_q4k_planes(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0,
+                                                        int64_t r1, const void *xq, float *y) {
+    _Alignas(64) float sx32[SX32_MAX];
+    _Alignas(64) int8_t xh[SX32_MAX * 32];
+    _Alignas(64) uint8_t xl[SX32_MAX * 32];
+    const float *dx = q16_scales(xq, n);
+    const int32_t *s = q16_sums(xq, n);
+    for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
+    q4k_planes(q16_vals(xq), n, xh, xl);
+    const __m512i ctl[4] = {q4k_scale_control(0, 2), q4k_scale_control(1, 3), q4k_scale_control(4, 6),
+                            q4k_scale_control(5, 7)};
+    for (int64_t r = r0; r < r1; r++) y[r] = dot_q4k_planes(w + (size_t)r * row_bytes, xh, xl, dx, sx32, n, ctl);
+}
+
 INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                  const void *const *x, int n_tok, float *y, int64_t ldy, int bytes, int mins,
                  kdec_fn dec) {
+    if (n_tok == 1 && dec == dec_q4_k && n / 32 <= SX32_MAX) {
+        matvec_q4k_planes(w, row_bytes, n, r0, r1, x[0], y);
+        return;
+    }
     if (n_tok == 1 && mins == 2 && n / 32 <= SX32_MAX) {
         _Alignas(64) float sx32[SX32_MAX];
         const float *dx = q16_scales(x[0], n);
         const int32_t *s = q16_sums(x[0], n);
         for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
-        if (dec == dec_q4_k) {
-            _Alignas(64) int8_t xh[SX32_MAX * 32];
-            _Alignas(64) uint8_t xl[SX32_MAX * 32];
-            q4k_planes(q16_vals(x[0]), n, xh, xl);
-            const __m512i ctl[4] = {q4k_scale_control(0, 2), q4k_scale_control(1, 3), q4k_scale_control(4, 6),
-                                    q4k_scale_control(5, 7)};
-            for (int64_t r = r0; r < r1; r++)
-                y[r] = dot_q4k_planes(w + (size_t)r * row_bytes, xh, xl, dx, sx32, n, ctl);
-            return;
-        }
         for (int64_t r = r0; r < r1; r++)
             y[r] = dot_k4_sx(w + (size_t)r * row_bytes, q16_vals(x[0]), dx, sx32, n, bytes, dec);
         return;
