@@ -151,7 +151,7 @@ INLINE void dec_q5_k(const uint8_t *b, kdec *k, float mins_scale) {
     k->mins8 = (uint64_t)sw[3] << 32 | sw[2];
 }
 
-/* Words: a in the low 32 bytes, b in the high 32 (shift counts, vpermw indices). */
+/* Per 16-bit lane shift counts: a for the low 32 bytes, b for the high 32. */
 static inline __m512i halves_epi16(int a, int b) {
     return _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)a),
                                    _mm512_set1_epi16((short)b));
