@@ -2479,7 +2479,7 @@ static int prefetch_next(cu_ctx *c, int il, ms_err *e) {
  * thread reaches moe_cpu_finish before the gate|up chunks are done in 95% of layers, and one job
  * whose down chunks wait for the gate|up ones measured no faster (98 / 100 against 103 / 101).
  * Nor did the link get faster with one kernel reading a layer's prefetch from the registered
- * mapping in place of three copies an expert (each copy costs about 3 us of setup; alone the
+ * mapping in place of three copies an expert (then not batched: see copy_experts; alone the
  * kernel moved 48.5 GB/s against 43.2): it holds SMs the layer's kernels need, and 8G fell from
  * 97.1 / 92.2 to 86.5 / 85.8 tok/s. Nor did queuing the add of the host's sum, and the next
  * layer's graph behind it, before the host's job ends (a kernel polling a flag in pinned memory,
@@ -2562,16 +2562,16 @@ static int moe_cpu_finish(cu_ctx *c, int il, int fail, ms_err *e) {
     }
     experts_release(c->store, il, c->cpu_ids, n);
     if (fail) return MS_OK;
-    if (c->m_cpu_y) {
-        /* the add reads the pinned sum over the link: no copy node. The host writes the next
-         * layer's sum only after that layer's router event, which follows this add on the stream.
-         * (H100 machine: 8G 102.4 / 105.5 / 107.1 against 102.4 / 101.6 / 105.0 tok/s with the
-         * copy, share 0.6 108.3 against 102.9, 24G 130.4 against 123.1.) */
-        k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, c->m_cpu_y, E);
-        return MS_OK;
+    /* where mapped, the add reads the pinned sum over the link: no copy node. The host writes the
+     * next layer's sum only after that layer's router event, which follows this add on the stream.
+     * (H100 machine: 8G 102.4 / 105.5 / 107.1 against 102.4 / 101.6 / 105.0 tok/s with the copy,
+     * share 0.6 108.3 against 102.9, 24G 130.4 against 123.1.) */
+    const float *y = c->m_cpu_y;
+    if (!y) {
+        CK(cudaMemcpyAsync(c->d_cpu_y, c->h_cpu_y, sizeof(float) * (size_t)E, cudaMemcpyHostToDevice, c->cs));
+        y = c->d_cpu_y;
     }
-    CK(cudaMemcpyAsync(c->d_cpu_y, c->h_cpu_y, sizeof(float) * (size_t)E, cudaMemcpyHostToDevice, c->cs));
-    k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, c->d_cpu_y, E);
+    k_add<<<(unsigned)((E + 255) / 256), 256, 0, c->cs>>>(c->x, y, E);
     return MS_OK;
 }
 

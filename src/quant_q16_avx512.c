@@ -384,6 +384,13 @@ INLINE float dot_k4_sx(const uint8_t *b, const int16_t *xv, const float *dx, con
 
 enum { SX32_MAX = 1024 }; /* rows of up to 32768 values take dot_k4_sx (Q5_K) or dot_q4k_planes */
 
+/* The q16 row's sums per 32 values times their group's dx (the mins' operand of both). */
+static void q16_sx32(const void *xq, int64_t n, float *sx32) {
+    const float *dx = q16_scales(xq, n);
+    const int32_t *s = q16_sums(xq, n);
+    for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
+}
+
 /* Q4_K matvec without vpmullw (it and the dot products share one pipe on Zen 4, and the
  * multiplies were half of a block's work there: dropping them alone took the kernel from 19 to
  * 28 GB/s in L2). The q16 row is split into two byte planes, x = 256 h + l (h signed, l
@@ -451,8 +458,7 @@ __attribute__((noinline)) static void matvec_q4k_planes(const uint8_t *w, size_t
     _Alignas(64) int8_t xh[SX32_MAX * 32];
     _Alignas(64) uint8_t xl[SX32_MAX * 32];
     const float *dx = q16_scales(xq, n);
-    const int32_t *s = q16_sums(xq, n);
-    for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
+    q16_sx32(xq, n, sx32);
     q4k_planes(q16_vals(xq), n, xh, xl);
     const __m512i ctl[4] = {q4k_scale_control(0, 2), q4k_scale_control(1, 3), q4k_scale_control(4, 6),
                             q4k_scale_control(5, 7)};
@@ -469,8 +475,7 @@ INLINE void mm_k(const uint8_t *w, size_t row_bytes, int64_t n, int64_t r0, int6
     if (n_tok == 1 && mins == 2 && n / 32 <= SX32_MAX) {
         _Alignas(64) float sx32[SX32_MAX];
         const float *dx = q16_scales(x[0], n);
-        const int32_t *s = q16_sums(x[0], n);
-        for (int64_t j = 0; j < n / 32; j++) sx32[j] = (float)(s[2 * j] + s[2 * j + 1]) * dx[j / 8];
+        q16_sx32(x[0], n, sx32);
         for (int64_t r = r0; r < r1; r++)
             y[r] = dot_k4_sx(w + (size_t)r * row_bytes, q16_vals(x[0]), dx, sx32, n, bytes, dec);
         return;
