@@ -44,8 +44,11 @@ typedef struct ms_sampler ms_sampler;
 
 typedef struct ms_model_params {
     int n_expert_used;   /* 0: the model's top-k; otherwise replaces it (changes the output) */
-    const char *io;      /* expert residency: "mmap", "pagecache" or "direct"; NULL: the default
-                          * (direct with a memory budget, else mmap) */
+    const char *io;      /* expert residency: "mmap", "pagecache", "direct" or "ram" (the whole
+                          * model read into memory, huge pages where the kernel gives them, at
+                          * load); NULL: the default (direct with a memory budget; else ram when
+                          * the model fits in the memory available with room to spare and the
+                          * kernel offers transparent huge pages; else mmap) */
     uint64_t mem_budget; /* bytes the process may use: dense weights + context + expert cache;
                           * 0: no limit. Needs io pagecache or direct. */
     const char *evict;   /* expert cache policy: "lru" or "lfu"; NULL: lfu */

@@ -33,6 +33,7 @@ typedef struct result {
     double mean, sd;      /* tok/s */
     double hit_rate, read_gbs, read_mb_tok, roof_tps;
     uint64_t peak_rss;
+    const char *io;       /* the residency the run had (the default is chosen at load) */
 } result;
 
 static double now(void) {
@@ -83,7 +84,7 @@ static uint64_t rng_next(uint64_t *s) {
 
 /* One test (pp or tg of n tokens) with o->reps repetitions at budget mem. */
 static result run_test(const bench_opts *o, const char *test, int n, uint64_t mem) {
-    result r = {test, n, mem, 0, 0, 0, 0, 0, 0, 0};
+    result r = {.test = test, .n = n, .mem = mem};
     double *tps = calloc((size_t)o->reps, sizeof(double));
     ms_model *m = NULL;
     ms_context *c = NULL;
@@ -149,6 +150,7 @@ static result run_test(const bench_opts *o, const char *test, int n, uint64_t me
         r.roof_tps = !strcmp(test, "tg") && rf.seconds > 0 && known ? 1.0 / rf.seconds : 0;
     }
     if (!known) r.hit_rate = -1;
+    r.io = last.io ? last.io : "mmap";
     r.peak_rss = peak_rss();
     free(ids);
     free(tps);
@@ -165,7 +167,7 @@ static void human(uint64_t b, char *out, size_t n) {
 static void print_results(const bench_opts *o, const ms_model_info *in, const result *rs, int n) {
     char model[96];
     snprintf(model, sizeof model, "%s %.1fGB", in->arch, in->bytes_total / 1e9);
-    const char *io = o->f.io ? o->f.io : (o->f.mem || rs[0].mem) ? "direct" : "mmap";
+    const char *io = rs[0].io;
     if (!strcmp(o->format, "json")) {
         printf("[\n");
         for (int i = 0; i < n; i++) {
@@ -303,7 +305,7 @@ int cmd_bench(int argc, char **argv) {
     else if (o.f.mem) snprintf(budget, sizeof budget, "%.2f GiB", o.f.mem / 1073741824.0);
     else snprintf(budget, sizeof budget, "none");
     fprintf(stderr, "moestream bench: %s, %d threads, io %s, budget %s, %s, %d repetitions%s\n", o.f.model, o.f.threads,
-            o.f.io ? o.f.io : (o.f.mem || o.n_sweep) ? "direct" : "mmap", budget, o.cold ? "cold" : "warm", o.reps,
+            o.f.io ? o.f.io : (o.f.mem || o.n_sweep) ? "direct" : "ram if it fits, else mmap", budget, o.cold ? "cold" : "warm", o.reps,
             o.warmup && !o.cold ? " after a warm-up" : "");
     result rs[64];
     int n = 0;

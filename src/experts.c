@@ -66,12 +66,20 @@ static const ms_mat3 *mat_of(const ms_store *s, int il, int which) {
     return which == 0 ? &ly->gate_exps : which == 1 ? &ly->up_exps : &ly->down_exps;
 }
 
+/* Experts are read where the model's pointers are (the file mapping, or the copy loaded at
+ * start): no slots, no reads. */
+static int in_place(const ms_store *s) { return s->p.io_mode == MS_IO_MMAP || s->p.io_mode == MS_IO_RAM; }
+
 const char *experts_mode_name(int mode) {
-    return mode == MS_IO_MMAP ? "mmap" : mode == MS_IO_PAGECACHE ? "pagecache" : mode == MS_IO_DIRECT ? "direct" : "?";
+    return mode == MS_IO_MMAP        ? "mmap"
+           : mode == MS_IO_PAGECACHE ? "pagecache"
+           : mode == MS_IO_DIRECT    ? "direct"
+           : mode == MS_IO_RAM       ? "ram"
+                                     : "?";
 }
 
 int experts_mode_from_name(const char *name) {
-    for (int m = MS_IO_MMAP; m <= MS_IO_DIRECT; m++)
+    for (int m = MS_IO_MMAP; m <= MS_IO_RAM; m++)
         if (!strcmp(name, experts_mode_name(m))) return m;
     return -1;
 }
@@ -304,10 +312,10 @@ void experts_close(ms_store *s) {
     ms_free(s);
 }
 
-uint64_t experts_slot_bytes(const ms_store *s) { return s->p.io_mode == MS_IO_MMAP ? 0 : s->slot_bytes; }
+uint64_t experts_slot_bytes(const ms_store *s) { return in_place(s) ? 0 : s->slot_bytes; }
 
 int experts_set_cache(ms_store *s, uint64_t cache_bytes, ms_err *e) {
-    if (s->p.io_mode == MS_IO_MMAP) return MS_OK;
+    if (in_place(s)) return MS_OK;
     int n = (int)MS_MIN(cache_bytes / s->slot_bytes, (uint64_t)s->n_layer * s->n_expert);
     int need = 2 * s->m->hp.n_expert_used;
     if (n < need)
@@ -385,8 +393,8 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
     for (i = 0; i < n; i++) {
         int key = il * s->n_expert + ids[i];
         s->usage[key]++;
-        if (s->p.io_mode == MS_IO_MMAP) {
-            if (s->p.track_residency && mapped_resident(s, il, ids[i])) s->st.hits++;
+        if (in_place(s)) {
+            if (s->p.io_mode == MS_IO_RAM || (s->p.track_residency && mapped_resident(s, il, ids[i]))) s->st.hits++;
             continue;
         }
         int si = s->where[key];
@@ -426,13 +434,13 @@ int experts_request(ms_store *s, int il, const int *ids, int n, ms_err *e) {
     }
     pthread_mutex_unlock(&s->mu);
     /* on failure nothing stays pinned (callers release only after a request succeeded) */
-    if (rc && s->p.io_mode != MS_IO_MMAP) experts_release(s, il, ids, i);
+    if (rc && !in_place(s)) experts_release(s, il, ids, i);
     return rc;
 }
 
 int experts_wait(ms_store *s, int il, int id, ms_expert_ref *out, ms_err *e) {
     if (check_ids(s, il, &id, 1, e)) return e ? e->status : MS_ERR_ARG;
-    if (s->p.io_mode == MS_IO_MMAP) {
+    if (in_place(s)) {
         const ms_layer *ly = &s->m->layers[il];
         out->gate = ly->gate_exps.data + (size_t)id * ly->gate_exps.stride;
         out->up = ly->up_exps.data + (size_t)id * ly->up_exps.stride;
@@ -470,7 +478,7 @@ int experts_wait(ms_store *s, int il, int id, ms_expert_ref *out, ms_err *e) {
 }
 
 int experts_ready(ms_store *s, int il, int id) {
-    if (s->p.io_mode == MS_IO_MMAP) return 1;
+    if (in_place(s)) return 1;
     if (il < 0 || il >= s->n_layer || id < 0 || id >= s->n_expert) return 0;
     pthread_mutex_lock(&s->mu);
     int si = s->where[il * s->n_expert + id];
@@ -488,7 +496,7 @@ int experts_acquire(ms_store *s, int il, const int *ids, int n, ms_expert_ref *o
 }
 
 void experts_release(ms_store *s, int il, const int *ids, int n) {
-    if (s->p.io_mode == MS_IO_MMAP) return;
+    if (in_place(s)) return;
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < n; i++) {
         if (il < 0 || il >= s->n_layer || ids[i] < 0 || ids[i] >= s->n_expert) continue;
@@ -508,7 +516,8 @@ void experts_release(ms_store *s, int il, const int *ids, int n) {
 
 void experts_prefetch(ms_store *s, int il, const int *ids, int n) {
     if (il < 0 || il >= s->n_layer) return;
-    if (s->p.io_mode == MS_IO_MMAP) {
+    if (s->p.io_mode == MS_IO_RAM) return; /* all in memory already */
+    if (in_place(s)) {
         const ms_layer *ly = &s->m->layers[il];
         for (int i = 0; i < n; i++) {
             if (ids[i] < 0 || ids[i] >= s->n_expert) continue;
@@ -547,4 +556,4 @@ void experts_stats(const ms_store *s, ms_store_stats *out) {
 
 const uint64_t *experts_usage(const ms_store *s) { return s->usage; }
 
-int experts_capacity(const ms_store *s) { return s->p.io_mode == MS_IO_MMAP ? 1 << 30 : s->n_slots; }
+int experts_capacity(const ms_store *s) { return in_place(s) ? 1 << 30 : s->n_slots; }

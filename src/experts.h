@@ -25,7 +25,10 @@ typedef struct ms_expert_ref {
 
 typedef struct ms_store ms_store;
 
-enum ms_io_mode { MS_IO_MMAP, MS_IO_PAGECACHE, MS_IO_DIRECT };
+/* mmap: experts read in place from the file mapping; pagecache, direct: a cache of expert slots
+ * filled by pread (O_DIRECT for direct); ram: the whole model read into memory at load
+ * (model_make_resident), experts read in place there. */
+enum ms_io_mode { MS_IO_MMAP, MS_IO_PAGECACHE, MS_IO_DIRECT, MS_IO_RAM };
 enum ms_evict { MS_EVICT_LRU, MS_EVICT_LFU };
 
 typedef struct ms_store_params {

@@ -138,7 +138,8 @@ ms_model *front_load_model(const front_opts *o) {
     ms_model_params mp;
     ms_model_params_default(&mp);
     mp.n_expert_used = o->experts;
-    mp.io = o->io;
+    /* the GPU backend copies experts from the file mapping, page-locked in place */
+    mp.io = o->io ? o->io : o->gpu && !o->mem ? "mmap" : NULL;
     mp.mem_budget = o->mem;
     mp.evict = o->evict;
     mp.io_threads = o->io_threads;

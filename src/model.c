@@ -6,11 +6,13 @@
 #include "model.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "quant.h"
+#include "threads.h"
 
 typedef struct arch_desc {
     const char *name;
@@ -452,6 +454,9 @@ typedef struct reloc {
     const gguf_file *f;
     uint8_t *arena;
     uint64_t *arena_off; /* per tensor, or UINT64_MAX when not copied */
+    pthread_mutex_t mu;  /* read_tensors: guards bad and err */
+    int64_t bad;         /* the first tensor whose read failed, or -1 */
+    int err;             /* its errno, or -1 for a short file */
 } reloc;
 
 /* If the pointer stored at field is the start of a copied tensor, points it at the copy. */
@@ -480,47 +485,98 @@ static int pread_all(int fd, uint8_t *dst, uint64_t n, uint64_t off) {
     return 0;
 }
 
-int model_make_resident(struct ms_model *m, ms_err *e) {
-    if (m->dense_arena) return MS_OK;
+#define READ_PIECE ((uint64_t)8 << 20)
+
+/* Item i: piece i of the copied tensors cut into READ_PIECE bytes; records the first failure. */
+static void read_piece(void *ctx, int item, int thread) {
+    (void)thread;
+    reloc *r = ctx;
+    int64_t k = item;
+    for (int64_t i = 0; i < r->f->n_tensors; i++) {
+        const gguf_tensor *t = &r->f->tensors[i];
+        if (r->arena_off[i] == UINT64_MAX) continue;
+        int64_t n = (int64_t)((t->nbytes + READ_PIECE - 1) / READ_PIECE);
+        if (k >= n) {
+            k -= n;
+            continue;
+        }
+        uint64_t off = (uint64_t)k * READ_PIECE, len = MS_MIN(READ_PIECE, t->nbytes - off);
+        int err = pread_all(r->f->parts[t->part].fd, r->arena + r->arena_off[i] + off, len, t->file_offset + off);
+        pthread_mutex_lock(&r->mu);
+        if (err && (r->bad < 0 || i < r->bad)) r->bad = i, r->err = err;
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+}
+
+/* Reads every tensor with an arena offset into the arena, on all cores: the copy (and the
+ * kernel zeroing the new pages) runs at memory speed, not one core's. Returns the index of a
+ * tensor that failed (r->err says how), or -1. */
+static int64_t read_tensors(reloc *r, uint64_t total) {
+    int64_t pieces = 0;
+    for (int64_t i = 0; i < r->f->n_tensors; i++)
+        if (r->arena_off[i] != UINT64_MAX) pieces += (int64_t)((r->f->tensors[i].nbytes + READ_PIECE - 1) / READ_PIECE);
+    int nth = (int)MS_MIN((uint64_t)MS_MIN(ms_cpu_count(), 16), total / READ_PIECE + 1);
+    ms_pool *pool = nth > 1 ? pool_new(nth) : NULL;
+    r->bad = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    pool_run(pool, read_piece, r, (int)pieces);
+    pool_free(pool);
+    pthread_mutex_destroy(&r->mu);
+    return r->bad;
+}
+
+/* Points a stack of expert matrices at its copy, as relocate_one does a single pointer. */
+static void relocate_mat3(reloc *r, ms_mat3 *w) { relocate_one(r, &w->data); }
+
+int model_make_resident(struct ms_model *m, int experts, ms_err *e) {
+    if (m->arena) return MS_OK;
     const gguf_file *f = m->gguf;
     const gguf_tensor *te = gguf_find_tensor(f, "token_embd.weight");
     int tied = m->output.data == m->tok_embd.data;
-    reloc r = {f, NULL, ms_malloc(sizeof(uint64_t) * (size_t)(f->n_tensors ? f->n_tensors : 1))};
+    reloc r = {.f = f, .arena_off = ms_malloc(sizeof(uint64_t) * (size_t)(f->n_tensors ? f->n_tensors : 1))};
     if (!r.arena_off) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
-    uint64_t total = 0;
+    uint64_t total = 0, dense = 0;
     for (int64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
+        int expert = strstr(t->name, "_exps.") != NULL;
         r.arena_off[i] = UINT64_MAX;
-        if (strstr(t->name, "_exps.") || (t == te && !tied)) continue;
+        if ((expert && !experts) || (t == te && !tied)) continue;
         r.arena_off[i] = total;
         total += (t->nbytes + 63) / 64 * 64;
+        if (!expert) dense += (t->nbytes + 63) / 64 * 64;
     }
-    r.arena = ms_malloc_aligned(total ? total : 64);
+    r.arena = ms_alloc_huge(total);
     if (!r.arena) {
         ms_free(r.arena_off);
-        return ms_fail(e, MS_ERR_NOMEM, "cannot allocate %.1f MiB for the dense weights", total / 1048576.0);
+        return ms_fail(e, MS_ERR_NOMEM, "cannot allocate %.1f MiB for the %s", total / 1048576.0,
+                       experts ? "weights" : "dense weights");
     }
-    for (int64_t i = 0; i < f->n_tensors; i++) {
-        const gguf_tensor *t = &f->tensors[i];
-        if (r.arena_off[i] == UINT64_MAX) continue;
-        int err = pread_all(f->parts[t->part].fd, r.arena + r.arena_off[i], t->nbytes, t->file_offset);
-        if (err) {
-            ms_free_aligned(r.arena);
-            ms_free(r.arena_off);
-            return ms_fail(e, MS_ERR_IO, "%s: reading tensor '%s' failed: %s", f->parts[t->part].path, t->name,
-                           err < 0 ? "unexpected end of file" : strerror(err));
-        }
+    int64_t bad = read_tensors(&r, total);
+    if (bad >= 0) {
+        const gguf_tensor *t = &f->tensors[bad];
+        int err = (int)r.err;
+        ms_free_huge(r.arena, total);
+        ms_free(r.arena_off);
+        return ms_fail(e, MS_ERR_IO, "%s: reading tensor '%s' failed: %s", f->parts[t->part].path, t->name,
+                       err < 0 ? "unexpected end of file" : strerror(err));
     }
     /* the small vectors converted at load already live in m->owned; everything else moves */
     visit_pointers(m, relocate_one, &r);
+    for (int il = 0; experts && il < m->hp.n_layer; il++) {
+        relocate_mat3(&r, &m->layers[il].gate_exps);
+        relocate_mat3(&r, &m->layers[il].up_exps);
+        relocate_mat3(&r, &m->layers[il].down_exps);
+    }
     if (!tied) {
         m->embd_on_disk = 1;
         m->embd_fd = f->parts[te->part].fd;
         m->embd_offset = te->file_offset;
         m->tok_embd.data = NULL;
     }
-    m->dense_arena = r.arena;
-    m->dense_arena_bytes = total;
+    m->arena = r.arena;
+    m->arena_bytes = total;
+    m->dense_arena_bytes = dense;
     ms_free(r.arena_off);
     return MS_OK;
 }
@@ -545,7 +601,7 @@ int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e
 
 void model_free(struct ms_model *m) {
     if (!m) return;
-    ms_free_aligned(m->dense_arena);
+    ms_free_huge(m->arena, m->arena_bytes);
     gguf_close(m->gguf);
     ms_free(m->layers);
     ms_free(m->owned);

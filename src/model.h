@@ -112,8 +112,9 @@ struct ms_model {
     char *name;               /* general.name, or NULL */
     int n_expert_used_model;  /* the file's top-k, before any override */
     uint64_t mem_budget;      /* bytes the process may use (0: no limit) */
-    uint8_t *dense_arena;     /* model_make_resident: the dense weights' owned copy */
-    uint64_t dense_arena_bytes;
+    uint8_t *arena;           /* model_make_resident: the owned copy of the weights */
+    uint64_t arena_bytes;
+    uint64_t dense_arena_bytes; /* the dense weights' part of it */
     int embd_on_disk;         /* token rows are read with pread (tok_embd.data is NULL) */
     int embd_fd;
     uint64_t embd_offset;
@@ -127,11 +128,12 @@ struct ms_model {
 struct ms_model *model_load(gguf_file *f, int n_expert_used_override, ms_err *e);
 void model_free(struct ms_model *m);
 
-/* Copies the dense (non-expert) weights into owned memory with pread, so the file mapping is
- * never touched and residency is explicit (mapped pages would count as resident but could be
- * dropped by the OS at any time). Token embedding rows stay on disk (one pread per token)
- * unless the output matrix is tied to them. Returns MS_OK or an I/O / memory error. */
-int model_make_resident(struct ms_model *m, ms_err *e);
+/* Copies the dense (non-expert) weights, and with experts the routed experts too, into owned
+ * memory (huge pages where the kernel gives them) with pread, so the file mapping is never
+ * touched and residency is explicit (mapped pages would count as resident but could be dropped
+ * by the OS at any time). Token embedding rows stay on disk (one pread per token) unless the
+ * output matrix is tied to them. Returns MS_OK or an I/O / memory error. */
+int model_make_resident(struct ms_model *m, int experts, ms_err *e);
 /* Token tok's embedding, dequantized into out[n_embd], from memory or from disk. */
 int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e);
 

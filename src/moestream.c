@@ -33,6 +33,15 @@ static const char *fmt_bytes(char buf[32], uint64_t n) {
     return buf;
 }
 
+/* With no --io and no budget: ram when the weights fit in the memory this process can take,
+ * with room to spare, and the kernel gives huge pages (the model is then read at load into 2 MiB
+ * pages: decode streams every weight once per token, and 4 KiB pages of the file mapping cut
+ * that stream at every page); mmap otherwise. */
+static int default_io(const ms_model *m) {
+    uint64_t need = m->bytes_dense + m->bytes_experts, avail = ms_mem_available();
+    return ms_thp_enabled() && avail && need + MS_MEM_MARGIN + avail / 8 <= avail ? MS_IO_RAM : MS_IO_MMAP;
+}
+
 ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **out, ms_error *err) {
     ms_model_params def;
     if (!p) ms_model_params_default(&def), p = &def;
@@ -54,13 +63,14 @@ ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **o
         }
     }
     ms_store_params sp = {0};
-    sp.io_mode = p->io ? experts_mode_from_name(p->io) : p->mem_budget ? MS_IO_DIRECT : MS_IO_MMAP;
+    sp.io_mode = p->io ? experts_mode_from_name(p->io) : p->mem_budget ? MS_IO_DIRECT : default_io(m);
     if (sp.io_mode < 0) {
-        ms_fail(err, MS_ERR_ARG, "unknown --io mode '%s' (mmap, pagecache or direct)", p->io);
+        ms_fail(err, MS_ERR_ARG, "unknown --io mode '%s' (mmap, pagecache, direct or ram)", p->io);
         goto fail;
     }
-    if (p->mem_budget && sp.io_mode == MS_IO_MMAP) {
-        ms_fail(err, MS_ERR_ARG, "--mem needs --io pagecache or direct (with mmap the OS decides what stays in memory)");
+    if (p->mem_budget && (sp.io_mode == MS_IO_MMAP || sp.io_mode == MS_IO_RAM)) {
+        ms_fail(err, MS_ERR_ARG, "--mem needs --io pagecache or direct (with %s)",
+                sp.io_mode == MS_IO_MMAP ? "mmap the OS decides what stays in memory" : "ram the whole model is loaded");
         goto fail;
     }
     /* LFU by default: on skewed routing under a tight budget it kept 89.5% hits to LRU's 84.3%
@@ -75,7 +85,7 @@ ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **o
     sp.track_residency = p->track_residency;
     m->mem_budget = p->mem_budget;
     if (sp.io_mode != MS_IO_MMAP) {
-        if (model_make_resident(m, err)) goto fail;
+        if (model_make_resident(m, sp.io_mode == MS_IO_RAM, err)) goto fail;
         uint64_t dense = m->dense_arena_bytes + m->n_owned * sizeof(float);
         if (m->mem_budget && dense + MS_MEM_MARGIN >= m->mem_budget) {
             char b[32], d[32], mg[32], need[32];
@@ -223,7 +233,8 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
     bp.n_batch = p->n_batch > 0 ? p->n_batch : 512;
     bp.n_threads = p->n_threads;
     /* the GPU backend has its own default (on) for -1 */
-    bp.lookahead = p->lookahead >= 0 ? p->lookahead : !p->gpu && experts_io_mode(m->store) != MS_IO_MMAP;
+    int io = experts_io_mode(m->store);
+    bp.lookahead = p->lookahead >= 0 ? p->lookahead : !p->gpu && (io == MS_IO_PAGECACHE || io == MS_IO_DIRECT);
     bp.gpu_mem = p->gpu_mem;
     bp.gpu_device = p->gpu_device;
     bp.gpu_cpu_share = p->gpu_cpu_share;
@@ -245,7 +256,7 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
         ms_free(c);
         return err ? err->status : MS_ERR_NOMEM;
     }
-    if (experts_io_mode(m->store) != MS_IO_MMAP) {
+    if (io == MS_IO_PAGECACHE || io == MS_IO_DIRECT) {
         /* the expert cache gets what the budget leaves after dense weights and this context */
         uint64_t used = m->dense_arena_bytes + m->n_owned * sizeof(float) + MS_MEM_MARGIN;
         used += be->host_bytes ? be->host_bytes(c->ctx) : 0;
@@ -335,6 +346,7 @@ void ms_context_stats(const ms_context *c, ms_stats *o) {
     o->cache_slots = st.cache_slots;
     o->cache_bytes = st.cache_bytes;
     o->bytes_dense = c->m->dense_arena_bytes + c->m->n_owned * sizeof(float);
+    if (experts_io_mode(c->m->store) == MS_IO_RAM) o->cache_bytes = c->m->arena_bytes - c->m->dense_arena_bytes;
     o->bytes_context = c->be->host_bytes ? c->be->host_bytes(c->ctx) : 0;
     o->io = experts_mode_name(experts_io_mode(c->m->store));
     o->gpu_requests = t->cache_requests;

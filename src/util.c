@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,6 +116,101 @@ void *ms_malloc_aligned(size_t n) {
     return p;
 }
 void ms_free_aligned(void *p) { free(p); }
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+void *ms_alloc_huge(size_t n) {
+    if (!alloc_allowed()) return NULL;
+    size_t len = (n + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    if (!len) len = HUGE_PAGE;
+    uint8_t *raw = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    /* keep the 2 MiB-aligned part: huge pages need the boundary */
+    uint8_t *p = (uint8_t *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    if (p > raw) munmap(raw, (size_t)(p - raw));
+    if (p + len < raw + len + HUGE_PAGE) munmap(p + len, (size_t)(raw + len + HUGE_PAGE - (p + len)));
+    madvise(p, len, MADV_HUGEPAGE); /* advice: without THP the memory is still good */
+    return p;
+}
+
+void ms_free_huge(void *p, size_t n) {
+    if (p) munmap(p, n ? (n + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : HUGE_PAGE);
+}
+
+int ms_thp_enabled(void) {
+    char buf[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, "[always]") || strstr(buf, "[madvise]");
+}
+
+/* The first number in a file, or -1 ("max", missing, unreadable). */
+static int64_t read_num(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long long v;
+    int ok = fscanf(f, "%lld", &v) == 1;
+    fclose(f);
+    return ok && v >= 0 ? (int64_t)v : -1;
+}
+
+/* The least (limit - usage) over the cgroup at dir and its parents up to root; UINT64_MAX when
+ * none sets a limit. */
+static uint64_t cgroup_room(char *dir, size_t root_len, const char *limit_file, const char *usage_file) {
+    uint64_t room = UINT64_MAX;
+    for (;;) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", dir, limit_file);
+        int64_t lim = read_num(path);
+        snprintf(path, sizeof path, "%s/%s", dir, usage_file);
+        int64_t use = read_num(path);
+        /* v1 says "no limit" with a number near 2^63 */
+        if (lim >= 0 && lim < ((int64_t)1 << 60) && use >= 0)
+            room = MS_MIN(room, lim > use ? (uint64_t)(lim - use) : 0);
+        char *slash = strrchr(dir, '/');
+        if (!slash || (size_t)(slash - dir) < root_len) return room;
+        *slash = 0;
+    }
+}
+
+uint64_t ms_mem_available(void) {
+    uint64_t avail = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = (uint64_t)kb * 1024;
+        fclose(f);
+    }
+    f = fopen("/proc/self/cgroup", "r");
+    if (!f) return avail;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2) continue;
+        *c2 = 0;
+        const char *ctrl = c1 + 1, *cg = c2 + 1;
+        char dir[4096];
+        uint64_t room = UINT64_MAX;
+        if (!*ctrl) { /* v2: "0::/path" */
+            size_t root = (size_t)snprintf(dir, sizeof dir, "/sys/fs/cgroup");
+            snprintf(dir + root, sizeof dir - root, "%s", strcmp(cg, "/") ? cg : "");
+            room = cgroup_room(dir, root, "memory.max", "memory.current");
+        } else if (strstr(ctrl, "memory")) { /* v1: "N:memory:/path" */
+            size_t root = (size_t)snprintf(dir, sizeof dir, "/sys/fs/cgroup/memory");
+            snprintf(dir + root, sizeof dir - root, "%s", strcmp(cg, "/") ? cg : "");
+            room = cgroup_room(dir, root, "memory.limit_in_bytes", "memory.usage_in_bytes");
+        }
+        if (room != UINT64_MAX && (!avail || room < avail)) avail = room;
+    }
+    fclose(f);
+    return avail;
+}
 
 char *ms_strdup(const char *s) {
     size_t n = strlen(s) + 1;

@@ -26,6 +26,16 @@ void ms_free(void *p);
 /* Aligned (64 B) allocation, freed with ms_free_aligned. */
 void *ms_malloc_aligned(size_t n);
 void ms_free_aligned(void *p);
+/* Big read-mostly arrays (weights): anonymous memory on 2 MiB boundaries, with the kernel asked
+ * for transparent huge pages (one TLB entry per 2 MiB, and a stream of reads is not cut at every
+ * 4 KiB page). Freed with ms_free_huge(p, n), n as allocated. */
+void *ms_alloc_huge(size_t n);
+void ms_free_huge(void *p, size_t n);
+/* Whether madvise(MADV_HUGEPAGE) can give transparent huge pages ("always" or "madvise"). */
+int ms_thp_enabled(void);
+/* Bytes this process can still take without swapping or a cgroup limit: MemAvailable, or less
+ * when the memory cgroup (v1 or v2) leaves less. 0 when unknown. */
+uint64_t ms_mem_available(void);
 char *ms_strdup(const char *s);
 
 /* Test hook: when set, every ms_malloc/ms_calloc/ms_realloc first calls hook(ud) and fails the

@@ -101,6 +101,13 @@ static void check_modes(const char *rel, const char *refjson) {
                              policies[pi], n_prompt, N_DECODE);
             free(got);
         }
+    /* the whole model read into memory at load: the same bytes, read in place */
+    int nv2 = 0;
+    float *got = ref ? run(path, "ram", NULL, 0, prompt, n_prompt, &nv2) : NULL;
+    int same = got && nv2 == nv && !memcmp(ref, got, (size_t)(n_prompt + N_DECODE) * nv * sizeof(float));
+    CHECK(same, "%s: ram logits differ from mmap", rel);
+    if (same) printf("  %-40s %-13s identical to mmap over %d prompt + %d decode positions\n", rel, "ram", n_prompt, N_DECODE);
+    free(got);
     free(ref);
     free(prompt);
     free(json);
@@ -163,9 +170,12 @@ static void check_sigbus(void) {
         int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 2);
         ms_install_sigbus_handler();
+        ms_model_params mp;
+        ms_model_params_default(&mp);
+        mp.io = "mmap"; /* the default would read this small model into memory at load */
         ms_model *m;
         ms_error err;
-        if (ms_model_load(path, NULL, &m, &err)) _exit(3);
+        if (ms_model_load(path, &mp, &m, &err)) _exit(3);
         ms_context *c;
         if (ms_context_new(m, NULL, &c, &err)) _exit(3);
         if (truncate(path, 1 << 20)) _exit(3);
@@ -205,6 +215,14 @@ static void check_budget(const char *bin) {
     printf("  test-stream (%.0f MiB of experts) under --mem 200M: peak RSS %.0f MiB, hit rate %.1f%%\n", 450.0,
            gib * 1024, hit);
     free(txt);
+    /* big enough that ram mode reads it in many pieces on several threads */
+    int prompt[4] = {1, 17, 300, 42}, nv = 0, nv2 = 0;
+    float *ref = run(model, "mmap", NULL, 0, prompt, 4, &nv), *got = ref ? run(model, "ram", NULL, 0, prompt, 4, &nv2) : NULL;
+    int same = got && nv2 == nv && !memcmp(ref, got, (size_t)(4 + N_DECODE) * nv * sizeof(float));
+    CHECK(same, "test-stream: ram logits differ from mmap");
+    if (same) printf("  test-stream (%.0f MiB, read in 8 MiB pieces) ram identical to mmap\n", 450.0);
+    free(ref);
+    free(got);
 }
 
 int main(int argc, char **argv) {
