@@ -75,6 +75,7 @@ int main(int argc, char **argv) {
     int gpu = 0, n_prompt = 0, n_gen = 128, reps = 3, warmup = 16, n_ctx = 0, threads = 0, json = 0, device = 0, lookahead = 0;
     uint64_t gpu_mem = 0;
     float cpu_share = -1;
+    const char *io = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-m") && v) model = v, i++;
@@ -89,12 +90,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-w") && v) warmup = atoi(v), i++;
         else if (!strcmp(a, "-c") && v) n_ctx = atoi(v), i++;
         else if (!strcmp(a, "-t") && v) threads = atoi(v), i++;
+        else if (!strcmp(a, "--io") && v) io = v, i++;
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--lookahead")) lookahead = 1;
         else if (!strcmp(a, "--cpu-share") && v) cpu_share = strcmp(v, "auto") ? (float)atof(v) : -1, i++;
         else {
             fprintf(stderr, "usage: bench_gpu -m MODEL [--gpu] [--gpu-mem SIZE] [--gpu-device N] [-p N] [-n N] [-r N] [-w N] [-c N] [-t N] "
-                            "[--lookahead] [--cpu-share X|auto] [--json]\n");
+                            "[--io MODE] [--lookahead] [--cpu-share X|auto] [--json]\n");
             return 1;
         }
     }
@@ -105,7 +107,10 @@ int main(int argc, char **argv) {
     ms_error err;
     ms_model *m;
     double t0 = now();
-    if (ms_model_load(model, NULL, &m, &err)) die(model, &err);
+    ms_model_params mp;
+    ms_model_params_default(&mp);
+    mp.io = io ? io : gpu ? "mmap" : NULL; /* as the CLI: the GPU copies from the page-locked mapping */
+    if (ms_model_load(model, &mp, &m, &err)) die(model, &err);
     ms_model_info info;
     ms_model_get_info(m, &info);
     ms_context_params cp;

@@ -68,6 +68,7 @@
  * prefetch) stay mapped as if filled, as before.
  */
 #include <cuda_fp16.h>
+#include <errno.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -1849,15 +1850,42 @@ static void *mapped(void *host) {
     return dp;
 }
 
+/* The token embedding when it stayed on disk (--io pagecache, direct, ram read every other
+ * weight at load): read in pieces into VRAM at dst. */
+static int up_embd_from_disk(cu_ctx *c, uint8_t *dst, size_t n, ms_err *e) {
+    const size_t piece = (size_t)64 << 20;
+    uint8_t *buf = (uint8_t *)ms_malloc(MS_MIN(n, piece));
+    if (!buf) return ms_fail(e, MS_ERR_NOMEM, "out of memory reading the token embedding");
+    for (size_t off = 0; off < n;) {
+        size_t len = MS_MIN(n - off, piece);
+        long r = ms_pread(c->m->embd_fd, buf, len, c->m->embd_offset + off);
+        if (r <= 0) {
+            ms_free(buf);
+            return ms_fail(e, MS_ERR_IO, "%s: reading the token embedding failed: %s", c->m->gguf->parts[0].path,
+                           r < 0 ? strerror(errno) : "unexpected end of file (was the file truncated?)");
+        }
+        cudaError_t rc = cudaMemcpy(dst + off, buf, (size_t)r, cudaMemcpyHostToDevice);
+        if (rc != cudaSuccess) {
+            ms_free(buf);
+            return cuda_fail(e, rc, "cudaMemcpy");
+        }
+        off += (size_t)r;
+    }
+    ms_free(buf);
+    return MS_OK;
+}
+
 static int up_mat(cu_ctx *c, const ms_mat *src, dmat *dst, ms_err *e) {
     memset(dst, 0, sizeof *dst);
-    if (!src->data) return MS_OK;
+    const int on_disk = src == &c->m->tok_embd && c->m->embd_on_disk;
+    if (!src->data && !on_disk) return MS_OK;
     dst->type = src->type;
     dst->n_in = (int)src->n_in;
     dst->n_out = (int)src->n_out;
     dst->row_bytes = src->row_bytes;
     size_t n = src->row_bytes * (size_t)src->n_out;
     dst->d = (const uint8_t *)take(c, n);
+    if (c->arena && on_disk) return up_embd_from_disk(c, (uint8_t *)dst->d, n, e);
     if (c->arena) CK(cudaMemcpy((void *)dst->d, src->data, n, cudaMemcpyHostToDevice));
     return MS_OK;
 }
@@ -3301,31 +3329,37 @@ static int preload(cu_ctx *c, ms_err *e) {
     return MS_OK;
 }
 
-/* Page-locks the model file's mappings so expert copies read them in place; skipped (copies go
- * through staging) when the files would not fit in RAM, or MS_CUDA_REGISTER=0. */
+/* Page-locks the host ranges expert copies read, so they copy in place: the model file's
+ * mappings, or with --io ram the copy of the weights made at load (it is in memory anyway).
+ * Skipped (copies go through staging) when the files would not fit in RAM, or
+ * MS_CUDA_REGISTER=0. */
 static void try_register(cu_ctx *c) {
     const gguf_file *f = c->m->gguf;
+    const int arena = c->m->arena && c->m->arena_bytes > c->m->dense_arena_bytes; /* experts in it */
+    const int n = arena ? 1 : f->n_parts;
     uint64_t total = 0;
     for (int i = 0; i < f->n_parts; i++) total += f->parts[i].size;
     const uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
     const uint64_t want = env_u64("MS_CUDA_REGISTER", 2); /* 0 never, 1 always, 2 when it fits */
     int ro = 0;
     cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, c->dev);
-    if (!ro || want == 0 || (want == 2 && total > ram / 10 * 8)) return;
-    c->reg_lo = (const uint8_t **)ms_calloc((size_t)f->n_parts, sizeof(void *));
-    c->reg_hi = (const uint8_t **)ms_calloc((size_t)f->n_parts, sizeof(void *));
+    if (!ro || want == 0 || (want == 2 && !arena && total > ram / 10 * 8)) return;
+    c->reg_lo = (const uint8_t **)ms_calloc((size_t)n, sizeof(void *));
+    c->reg_hi = (const uint8_t **)ms_calloc((size_t)n, sizeof(void *));
     if (!c->reg_lo || !c->reg_hi) return;
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < f->n_parts; i++) {
-        const size_t len = (f->parts[i].size + page - 1) / page * page;
-        if (cudaHostRegister((void *)f->parts[i].map, len, cudaHostRegisterReadOnly) != cudaSuccess) {
+    for (int i = 0; i < n; i++) {
+        const uint8_t *lo = arena ? c->m->arena : f->parts[i].map;
+        const uint64_t size = arena ? c->m->arena_bytes : f->parts[i].size;
+        const size_t len = (size + page - 1) / page * page;
+        if (cudaHostRegister((void *)lo, len, cudaHostRegisterReadOnly) != cudaSuccess) {
             cudaGetLastError();
             for (int j = 0; j < c->n_reg; j++) cudaHostUnregister((void *)c->reg_lo[j]);
             c->n_reg = 0;
             return;
         }
-        c->reg_lo[c->n_reg] = f->parts[i].map;
-        c->reg_hi[c->n_reg] = f->parts[i].map + f->parts[i].size;
+        c->reg_lo[c->n_reg] = lo;
+        c->reg_hi[c->n_reg] = lo + size;
         c->n_reg++;
     }
 }
