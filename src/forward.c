@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "attn.h"
 #include "quant.h"
 
 #define MAX_MM_OPS 8
@@ -200,12 +201,6 @@ static mm_op mm(const ms_mat *w, const float *x, int64_t ldx, float *y, int64_t 
 
 /* ------------------------------------------------------------------ attention */
 
-typedef struct attn_job {
-    ms_fwd *f;
-    const ms_layer *ly;
-    int il, T, pos0;
-} attn_job;
-
 /* Rotates pairs (i, i + n_rot/2) of the first n_rot dims. The angle is formed in float32 as
  * transformers does (inv_freq = 1 / base^(2i/n_rot), angle = pos * inv_freq), so long prompts
  * see the same rounding as the reference. */
@@ -229,66 +224,41 @@ static void rope_neox(float *v, int n_rot, const float *cs) {
     }
 }
 
-#define ATT_QB 16 /* queries of one head per attention item */
-#define ATT_KB 64 /* keys per step of the online softmax */
+/* The attention of a layer runs in items of up to ATTN_ROWS query rows that share a key/value
+ * head: hpi heads of one GQA group times tpi tokens (attn.h computes them). */
+typedef struct attn_job {
+    ms_fwd *f;
+    const ms_layer *ly;
+    int il, T, pos0;
+    int hpi, tpi, n_sub, n_tb; /* heads and tokens per item; items per group and per token run */
+} attn_job;
 
-static void axpy(float *restrict y, const float *restrict x, float a, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
-
-/* item = (head, block of up to ATT_QB queries): softmax(q.K / sqrt(d)) . V over each query's
- * positions 0..pos, as an online softmax over blocks of ATT_KB keys (flash attention): no query
- * holds more than ATT_KB scores, and each K/V row is read once per block of queries. */
 static void attn_task(void *ctx, int item, int thread) {
     attn_job *j = ctx;
     ms_fwd *f = j->f;
     const ms_hparams *hp = &f->m->hp;
-    int nqb = (j->T + ATT_QB - 1) / ATT_QB;
-    int hh = item / nqb, t0 = (item % nqb) * ATT_QB, nq = MS_MIN(ATT_QB, j->T - t0);
-    int hd = hp->head_dim, kvd = hp->n_head_kv * hd;
-    int kvh = hh / (hp->n_head / hp->n_head_kv);
-    const float *K = f->k_cache[j->il] + (size_t)kvh * hd;
-    const float *V = f->v_cache[j->il] + (size_t)kvh * hd;
-    float *acc = f->thread_buf + (size_t)thread * f->thread_buf_len; /* [ATT_QB][hd] */
-    float *sc = acc + ATT_QB * hd, *mx = sc + ATT_KB, *l = mx + ATT_QB;
-    float scale = 1.0f / sqrtf((float)hd);
-    memset(acc, 0, sizeof(float) * (size_t)nq * hd);
-    for (int i = 0; i < nq; i++) mx[i] = -INFINITY, l[i] = 0;
-    int last = j->pos0 + t0 + nq - 1;
-    for (int p0 = 0; p0 <= last; p0 += ATT_KB) {
-        for (int i = 0; i < nq; i++) {
-            int pos = j->pos0 + t0 + i, pe = MS_MIN(p0 + ATT_KB, pos + 1);
-            if (pe <= p0) continue; /* causal: these keys are all after this query */
-            const float *q = f->q + ((size_t)(t0 + i) * hp->n_head + hh) * hd;
-            float m = mx[i];
-            for (int p = p0; p < pe; p++) {
-                sc[p - p0] = quant_dot(MS_TYPE_F32, q, K + (size_t)p * kvd, hd) * scale;
-                m = fmaxf(m, sc[p - p0]);
-            }
-            float corr = expf(mx[i] - m), *a = acc + (size_t)i * hd;
-            if (corr != 1.0f) {
-                l[i] *= corr;
-                for (int d = 0; d < hd; d++) a[d] *= corr;
-            }
-            for (int p = p0; p < pe; p++) {
-                float w = expf(sc[p - p0] - m);
-                l[i] += w;
-                axpy(a, V + (size_t)p * kvd, w, hd);
-            }
-            mx[i] = m;
+    int hd = hp->head_dim, kvd = hp->n_head_kv * hd, G = hp->n_head / hp->n_head_kv;
+    int tb = item % j->n_tb, sub = item / j->n_tb % j->n_sub, kvh = item / j->n_tb / j->n_sub;
+    int h0 = kvh * G + sub * j->hpi, h1 = MS_MIN(h0 + j->hpi, (kvh + 1) * G);
+    int t0 = tb * j->tpi, t1 = MS_MIN(t0 + j->tpi, j->T);
+    attn_rows_args a = {.hd = hd, .ld = (size_t)kvd, .scale = 1.0f / sqrtf((float)hd),
+                        .k = f->k_cache[j->il] + (size_t)kvh * hd, .v = f->v_cache[j->il] + (size_t)kvh * hd,
+                        .scratch = f->thread_buf + (size_t)thread * f->thread_buf_len};
+    for (int t = t0; t < t1; t++)
+        for (int hh = h0; hh < h1; hh++, a.n++) {
+            a.q[a.n] = f->q + ((size_t)t * hp->n_head + hh) * hd;
+            a.out[a.n] = f->att + ((size_t)t * hp->n_head + hh) * hd;
+            a.lim[a.n] = j->pos0 + t + 1; /* causal: positions 0..pos */
         }
-    }
-    for (int i = 0; i < nq; i++) {
-        int t = t0 + i;
-        float *out = f->att + ((size_t)t * hp->n_head + hh) * hd, inv = 1.0f / l[i];
-        const float *a = acc + (size_t)i * hd;
-        for (int d = 0; d < hd; d++) out[d] = a[d] * inv;
-        if (j->ly->attn_gated) {
-            /* the gate sits after each head's query in the q projection: [n_head][2][head_dim] */
+    attn_rows(&a);
+    if (!j->ly->attn_gated) return;
+    /* the gate sits after each head's query in the q projection: [n_head][2][head_dim] */
+    for (int t = t0; t < t1; t++)
+        for (int hh = h0; hh < h1; hh++) {
+            float *out = f->att + ((size_t)t * hp->n_head + hh) * hd;
             const float *gate = f->a + ((size_t)t * hp->n_head + hh) * 2 * hd + hd;
             for (int d = 0; d < hd; d++) out[d] *= sigmoid(gate[d]);
         }
-    }
 }
 
 static void attention(ms_fwd *f, const ms_layer *ly, int il, int T) {
@@ -315,8 +285,13 @@ static void attention(ms_fwd *f, const ms_layer *ly, int il, int T) {
             rope_neox(k, hp->n_rot, f->rope_cs + (size_t)t * hp->n_rot);
         }
     }
-    attn_job j = {f, ly, il, T, f->pos};
-    pool_run(f->pool, attn_task, &j, hp->n_head * ((T + ATT_QB - 1) / ATT_QB));
+    /* heads of a group per item: all of them (up to a vector of rows) unless the groups would
+     * leave threads idle (decode), tokens to fill the rest */
+    int G = hp->n_head / hp->n_head_kv;
+    int hpi = MS_MAX(1, MS_MIN(MS_MIN(G, ATTN_ROWS), G * hp->n_head_kv / f->nth));
+    attn_job j = {f, ly, il, T, f->pos, hpi, ATTN_ROWS / hpi, (G + hpi - 1) / hpi, 0};
+    j.n_tb = (T + j.tpi - 1) / j.tpi;
+    pool_run(f->pool, attn_task, &j, hp->n_head_kv * j.n_sub * j.n_tb);
     mm_op o = mm(&ly->wo, f->att, qd, f->h, E, T);
     mm_run(f, &o, 1);
 }
@@ -1068,7 +1043,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
     /* per-thread row buffer: the longest dequantized row, or the attention score row */
     size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
     longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));
-    longest = MS_MAX(longest, (size_t)ATT_QB * (hp->head_dim + 2) + ATT_KB); /* attention's blocks */
+    longest = MS_MAX(longest, attn_scratch_floats(hp->head_dim));
     f->thread_buf_len = (longest + 15) & ~(size_t)15;
     f->thread_buf = alloc_f(f, (size_t)f->nth * f->thread_buf_len, &fail);
     f->logits = alloc_f(f, (size_t)hp->n_vocab, &fail);
