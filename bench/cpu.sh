@@ -44,6 +44,7 @@ log "## synthetic qwen3-30b-a3b, 22 layers, Q4_K ($(du -hL "$fit" | cut -f1)): p
 for i in $(seq "$ROUNDS"); do
     "$bin" bench -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ms_fit.txt"
     "$llama/llama-bench" -m "$fit" -p 512 -n 128 -r "$R" -t "$T" 2>/dev/null >"$out/ll_fit.txt"
+    [ "$i" = 1 ] && log "- moestream residency: $(awk -F'|' '/\| (pp|tg)[0-9]/ {gsub(/ /, "", $3); print $3; exit}' "$out/ms_fit.txt") (its default for a model that fits in RAM)"
     log "- round $i, moestream: $(ms_tps <"$out/ms_fit.txt" | tr '\n' ' ')"
     log "- round $i, llama.cpp: $(ll_tps <"$out/ll_fit.txt" | tr '\n' ' ')"
 done
