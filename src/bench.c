@@ -132,7 +132,8 @@ static result run_test(const bench_opts *o, const char *test, int n, uint64_t me
     for (int i = 0; i < o->reps; i++) sq += (tps[i] - r.mean) * (tps[i] - r.mean);
     r.sd = o->reps > 1 ? sqrt(sq / (o->reps - 1)) : 0;
     /* with mmap the OS keeps no count of hits: no hit rate, no roofline */
-    int known = strcmp(last.io ? last.io : "mmap", "mmap") != 0;
+    r.io = last.io ? last.io : "mmap";
+    int known = strcmp(r.io, "mmap") != 0;
     if (!o->cold) {
         /* stats over the timed repetitions (cold runs reload the model, so take the last one) */
         ms_roofline rf;
@@ -150,7 +151,6 @@ static result run_test(const bench_opts *o, const char *test, int n, uint64_t me
         r.roof_tps = !strcmp(test, "tg") && rf.seconds > 0 && known ? 1.0 / rf.seconds : 0;
     }
     if (!known) r.hit_rate = -1;
-    r.io = last.io ? last.io : "mmap";
     r.peak_rss = peak_rss();
     free(ids);
     free(tps);

@@ -68,7 +68,6 @@
  * prefetch) stay mapped as if filled, as before.
  */
 #include <cuda_fp16.h>
-#include <errno.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -1856,20 +1855,19 @@ static int up_embd_from_disk(cu_ctx *c, uint8_t *dst, size_t n, ms_err *e) {
     const size_t piece = (size_t)64 << 20;
     uint8_t *buf = (uint8_t *)ms_malloc(MS_MIN(n, piece));
     if (!buf) return ms_fail(e, MS_ERR_NOMEM, "out of memory reading the token embedding");
-    for (size_t off = 0; off < n;) {
-        size_t len = MS_MIN(n - off, piece);
-        long r = ms_pread(c->m->embd_fd, buf, len, c->m->embd_offset + off);
-        if (r <= 0) {
+    for (size_t off = 0; off < n; off += piece) {
+        const size_t len = MS_MIN(n - off, piece);
+        const int err = model_read_embd(c->m, off, buf, len);
+        if (err) {
             ms_free(buf);
             return ms_fail(e, MS_ERR_IO, "%s: reading the token embedding failed: %s", c->m->gguf->parts[0].path,
-                           r < 0 ? strerror(errno) : "unexpected end of file (was the file truncated?)");
+                           err < 0 ? "unexpected end of file (was the file truncated?)" : strerror(err));
         }
-        cudaError_t rc = cudaMemcpy(dst + off, buf, (size_t)r, cudaMemcpyHostToDevice);
+        cudaError_t rc = cudaMemcpy(dst + off, buf, len, cudaMemcpyHostToDevice);
         if (rc != cudaSuccess) {
             ms_free(buf);
             return cuda_fail(e, rc, "cudaMemcpy");
         }
-        off += (size_t)r;
     }
     ms_free(buf);
     return MS_OK;

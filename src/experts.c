@@ -66,9 +66,7 @@ static const ms_mat3 *mat_of(const ms_store *s, int il, int which) {
     return which == 0 ? &ly->gate_exps : which == 1 ? &ly->up_exps : &ly->down_exps;
 }
 
-/* Experts are read where the model's pointers are (the file mapping, or the copy loaded at
- * start): no slots, no reads. */
-static int in_place(const ms_store *s) { return s->p.io_mode == MS_IO_MMAP || s->p.io_mode == MS_IO_RAM; }
+static int in_place(const ms_store *s) { return experts_mode_in_place(s->p.io_mode); }
 
 const char *experts_mode_name(int mode) {
     return mode == MS_IO_MMAP        ? "mmap"

@@ -29,6 +29,9 @@ typedef struct ms_store ms_store;
  * filled by pread (O_DIRECT for direct); ram: the whole model read into memory at load
  * (model_make_resident), experts read in place there. */
 enum ms_io_mode { MS_IO_MMAP, MS_IO_PAGECACHE, MS_IO_DIRECT, MS_IO_RAM };
+/* Whether experts are read where the model's pointers are (mmap, ram): no slots, no reads, no
+ * cache for a budget to size. */
+static inline int experts_mode_in_place(int mode) { return mode == MS_IO_MMAP || mode == MS_IO_RAM; }
 enum ms_evict { MS_EVICT_LRU, MS_EVICT_LFU };
 
 typedef struct ms_store_params {

@@ -1040,7 +1040,7 @@ ms_fwd *fwd_new(const struct ms_model *m, ms_store *store, ms_pool *pool, int n_
         f->gdn_scratch_len = C * C + C + 3 * C * d;
         f->gdn_scratch = alloc_f(f, (size_t)f->nth * f->gdn_scratch_len, &fail);
     }
-    /* per-thread row buffer: the longest dequantized row, or the attention score row */
+    /* per-thread row buffer: the longest dequantized row, or the attention scratch (attn.h) */
     size_t longest = MS_MAX(E, MS_MAX((size_t)hp->n_ff_exp, (size_t)hp->n_ff_shexp));
     longest = MS_MAX(longest, MS_MAX((size_t)hp->n_head * hp->head_dim, vd));
     longest = MS_MAX(longest, attn_scratch_floats(hp->head_dim));

@@ -445,7 +445,8 @@ static void visit_pointers(struct ms_model *m, void (*fn)(void *ud, void *field)
         void *fields[] = {&l->attn_norm, &l->ffn_norm, &l->wq.data, &l->wk.data, &l->wv.data, &l->wo.data, &l->q_norm,
                           &l->k_norm, &l->wqkv.data, &l->wz.data, &l->wbeta.data, &l->walpha.data, &l->wba.data,
                           &l->conv1d, &l->dt_bias, &l->ssm_a, &l->ssm_norm, &l->ssm_out.data, &l->router.data,
-                          &l->sh_gate.data, &l->sh_up.data, &l->sh_down.data, &l->sh_router.data};
+                          &l->sh_gate.data, &l->sh_up.data, &l->sh_down.data, &l->sh_router.data,
+                          &l->gate_exps.data, &l->up_exps.data, &l->down_exps.data};
         for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) fn(ud, fields[i]);
     }
 }
@@ -526,9 +527,6 @@ static int64_t read_tensors(reloc *r, uint64_t total) {
     return r->bad;
 }
 
-/* Points a stack of expert matrices at its copy, as relocate_one does a single pointer. */
-static void relocate_mat3(reloc *r, ms_mat3 *w) { relocate_one(r, &w->data); }
-
 int model_make_resident(struct ms_model *m, int experts, ms_err *e) {
     if (m->arena) return MS_OK;
     const gguf_file *f = m->gguf;
@@ -561,13 +559,8 @@ int model_make_resident(struct ms_model *m, int experts, ms_err *e) {
         return ms_fail(e, MS_ERR_IO, "%s: reading tensor '%s' failed: %s", f->parts[t->part].path, t->name,
                        err < 0 ? "unexpected end of file" : strerror(err));
     }
-    /* the small vectors converted at load already live in m->owned; everything else moves */
+    /* the small vectors converted at load already live in m->owned; everything copied moves */
     visit_pointers(m, relocate_one, &r);
-    for (int il = 0; experts && il < m->hp.n_layer; il++) {
-        relocate_mat3(&r, &m->layers[il].gate_exps);
-        relocate_mat3(&r, &m->layers[il].up_exps);
-        relocate_mat3(&r, &m->layers[il].down_exps);
-    }
     if (!tied) {
         m->embd_on_disk = 1;
         m->embd_fd = f->parts[te->part].fd;
@@ -581,6 +574,10 @@ int model_make_resident(struct ms_model *m, int experts, ms_err *e) {
     return MS_OK;
 }
 
+int model_read_embd(const struct ms_model *m, uint64_t off, void *dst, uint64_t n) {
+    return pread_all(m->embd_fd, dst, n, m->embd_offset + off);
+}
+
 int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e) {
     const ms_mat *te = &m->tok_embd;
     if (!m->embd_on_disk) {
@@ -590,7 +587,7 @@ int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e
     uint8_t tmp[16384];
     uint8_t *buf = te->row_bytes <= sizeof tmp ? tmp : ms_malloc(te->row_bytes);
     if (!buf) return ms_fail(e, MS_ERR_NOMEM, "out of memory");
-    int err = pread_all(m->embd_fd, buf, te->row_bytes, m->embd_offset + (uint64_t)tok * te->row_bytes);
+    int err = model_read_embd(m, (uint64_t)tok * te->row_bytes, buf, te->row_bytes);
     if (!err) quant_dequant(te->type, buf, out, te->n_in);
     if (buf != tmp) ms_free(buf);
     if (err)

@@ -134,6 +134,9 @@ void model_free(struct ms_model *m);
  * by the OS at any time). Token embedding rows stay on disk (one pread per token) unless the
  * output matrix is tied to them. Returns MS_OK or an I/O / memory error. */
 int model_make_resident(struct ms_model *m, int experts, ms_err *e);
+/* With the embedding on disk (embd_on_disk): n of its bytes from byte off into dst. Returns 0,
+ * an errno, or -1 for a file that ends first. */
+int model_read_embd(const struct ms_model *m, uint64_t off, void *dst, uint64_t n);
 /* Token tok's embedding, dequantized into out[n_embd], from memory or from disk. */
 int model_embed_row(const struct ms_model *m, int32_t tok, float *out, ms_err *e);
 

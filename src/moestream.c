@@ -68,7 +68,7 @@ ms_status ms_model_load(const char *path, const ms_model_params *p, ms_model **o
         ms_fail(err, MS_ERR_ARG, "unknown --io mode '%s' (mmap, pagecache, direct or ram)", p->io);
         goto fail;
     }
-    if (p->mem_budget && (sp.io_mode == MS_IO_MMAP || sp.io_mode == MS_IO_RAM)) {
+    if (p->mem_budget && experts_mode_in_place(sp.io_mode)) {
         ms_fail(err, MS_ERR_ARG, "--mem needs --io pagecache or direct (with %s)",
                 sp.io_mode == MS_IO_MMAP ? "mmap the OS decides what stays in memory" : "ram the whole model is loaded");
         goto fail;
@@ -233,8 +233,8 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
     bp.n_batch = p->n_batch > 0 ? p->n_batch : 512;
     bp.n_threads = p->n_threads;
     /* the GPU backend has its own default (on) for -1 */
-    int io = experts_io_mode(m->store);
-    bp.lookahead = p->lookahead >= 0 ? p->lookahead : !p->gpu && (io == MS_IO_PAGECACHE || io == MS_IO_DIRECT);
+    const int cached = !experts_mode_in_place(experts_io_mode(m->store)); /* pagecache, direct */
+    bp.lookahead = p->lookahead >= 0 ? p->lookahead : !p->gpu && cached;
     bp.gpu_mem = p->gpu_mem;
     bp.gpu_device = p->gpu_device;
     bp.gpu_cpu_share = p->gpu_cpu_share;
@@ -256,7 +256,7 @@ ms_status ms_context_new(ms_model *m, const ms_context_params *p, ms_context **o
         ms_free(c);
         return err ? err->status : MS_ERR_NOMEM;
     }
-    if (io == MS_IO_PAGECACHE || io == MS_IO_DIRECT) {
+    if (cached) {
         /* the expert cache gets what the budget leaves after dense weights and this context */
         uint64_t used = m->dense_arena_bytes + m->n_owned * sizeof(float) + MS_MEM_MARGIN;
         used += be->host_bytes ? be->host_bytes(c->ctx) : 0;
